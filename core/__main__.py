@@ -1,0 +1,5 @@
+"""``python -m anybind``."""
+
+from anybind.cli import run
+
+run()

@@ -1,0 +1,60 @@
+"""Options and helpers shared by the CLI commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from anybind import __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"anybind {__version__}")
+        raise typer.Exit()
+
+
+def _check_plugin_flags(values: list[str]) -> list[str]:
+    for value in values:
+        if not value.startswith("no:") or len(value) <= 3:
+            raise typer.BadParameter(f"{value!r}: only no:NAME (block plugin NAME) is supported")
+    return values
+
+
+def root_callback(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    plugin: Annotated[
+        list[str],
+        typer.Option("-p", "--plugin", callback=_check_plugin_flags, help="no:NAME blocks plugin NAME (repeatable)."),
+    ] = [],  # noqa: B006 - typer reads the default
+) -> None:
+    """Any-modality retrieval in one image-anchored embedding space."""
+
+
+def emit_json(data: Any) -> None:
+    """Machine-readable output: one JSON document on stdout."""
+    json.dump(data, sys.stdout, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+def warn(message: str) -> None:
+    print(f"anybind: {message}", file=sys.stderr)
+
+
+SpaceOption = Annotated[
+    str,
+    typer.Option(
+        "--space",
+        "-s",
+        envvar="ANYBIND_SPACE",
+        help="Space: ENCODER:REF (clip:<hub id|dir>, siglip:...), a .toml space file, or a preset name.",
+    ),
+]
+DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]

@@ -1,0 +1,292 @@
+"""The plugin host: discovers plugins through entry points and collects what they register.
+
+Built-in plugins (``anybind.plugins.image``, ``.text``, ``.clip``) are found through the same
+``anybind`` entry-point group as third-party ones. Controls:
+
+- ``ANYBIND_LOAD_PLUGINS=a,b``: load only these plugins (by plugin or distribution name); set and empty
+  loads none.
+- ``ANYBIND_BLOCK_PLUGINS=a,b`` (or ``anybind -p no:a``): never load these.
+
+A plugin that fails to import, or whose hook raises, is reported on stderr by name and skipped; what it
+registered in the failing hook is discarded. Nothing a plugin does can stop the host.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .encoder import EncoderFactory
+from .errors import AnybindError, RegistrationError
+from .modality import Modality
+from .registry import Registry
+
+LOAD_ENV = "ANYBIND_LOAD_PLUGINS"
+BLOCK_ENV = "ANYBIND_BLOCK_PLUGINS"
+BUILTIN_DISTRIBUTION = "anybind"
+REGISTRATION_HOOKS = {
+    "anybind_modalities": "modalities",
+    "anybind_encoders": "encoders",
+    "anybind_spaces": "spaces",
+}
+
+
+@dataclass
+class PluginInfo:
+    """What ``anybind plugins`` reports for one plugin."""
+
+    name: str
+    distribution: str | None = None
+    version: str | None = None
+    status: str = "loaded"  # loaded | failed | blocked | not-allowed | duplicate
+    hooks: list[str] = field(default_factory=list)
+    registered: dict[str, list[str]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def builtin(self) -> bool:
+        return self.distribution == BUILTIN_DISTRIBUTION
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "distribution": self.distribution,
+            "version": self.version,
+            "builtin": self.builtin,
+            "status": self.status,
+            "hooks": sorted(self.hooks),
+            "registered": {kind: sorted(names) for kind, names in sorted(self.registered.items()) if names},
+            "errors": list(self.errors),
+        }
+
+
+def parse_name_list(value: str | None) -> set[str] | None:
+    """``"a, b"`` -> ``{"a", "b"}``; ``None`` (variable unset) -> ``None``; ``""`` -> empty set."""
+    if value is None:
+        return None
+    return {part.strip() for part in value.split(",") if part.strip()}
+
+
+def _stderr_warning(message: str) -> None:
+    print(f"anybind: warning: {message}", file=sys.stderr)
+
+
+class PluginHost:
+    """Holds the pluggy manager and the registries of modalities, encoders and spaces."""
+
+    def __init__(
+        self,
+        *,
+        allow: Iterable[str] | None = None,
+        block: Iterable[str] = (),
+        warn: Callable[[str], None] = _stderr_warning,
+    ) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.allow = set(allow) if allow is not None else None
+        self.block = set(block)
+        self.warn = warn
+        self.modalities: Registry[Modality] = Registry(
+            "modality", hint="install or allow the plugin that provides it (see `anybind plugins`)"
+        )
+        self.encoders: Registry[EncoderFactory] = Registry(
+            "encoder", hint="install or allow the plugin that provides it (see `anybind plugins`)"
+        )
+        self.spaces: Registry[Any] = Registry("space", hint="or give a spec such as clip:<hub id or directory>")
+        self.plugins: dict[str, PluginInfo] = {}
+
+    @classmethod
+    def from_environment(cls, block: Iterable[str] = (), warn: Callable[[str], None] = _stderr_warning) -> PluginHost:
+        """A host configured from ``ANYBIND_LOAD_PLUGINS`` / ``ANYBIND_BLOCK_PLUGINS``, entry points loaded."""
+        blocked = set(block) | (parse_name_list(os.environ.get(BLOCK_ENV)) or set())
+        host = cls(allow=parse_name_list(os.environ.get(LOAD_ENV)), block=blocked, warn=warn)
+        host.load_entry_points()
+        return host
+
+    # -- discovery -------------------------------------------------------------------------------------
+
+    def _permitted(self, info: PluginInfo) -> bool:
+        names = {info.name, info.distribution or ""}
+        if names & self.block:
+            info.status = "blocked"
+            return False
+        if self.allow is not None and not names & self.allow:
+            info.status = "not-allowed"
+            return False
+        return True
+
+    def load_entry_points(self, group: str = hookspecs.PROJECT) -> None:
+        """Import and register every plugin in the entry-point group; built-in ones first."""
+        seen: set[tuple[str, str]] = set()
+        eps = sorted(
+            metadata.entry_points(group=group),
+            key=lambda ep: (ep.dist is None or ep.dist.name != BUILTIN_DISTRIBUTION, ep.name),
+        )
+        for ep in eps:
+            if (ep.name, ep.value) in seen:
+                continue  # the same distribution visible twice on sys.path
+            seen.add((ep.name, ep.value))
+            dist = ep.dist.name if ep.dist is not None else None
+            version = ep.dist.version if ep.dist is not None else None
+            info = PluginInfo(ep.name, dist, version)
+            if ep.name in self.plugins:
+                first = self.plugins[ep.name]
+                info.status = "duplicate"
+                info.errors.append(
+                    f"plugin name {ep.name!r} is taken by distribution {first.distribution!r}; "
+                    f"distribution {dist!r} skipped"
+                )
+                self.warn(info.errors[-1])
+                self.plugins[f"{ep.name} ({dist})"] = info
+                continue
+            if not self._permitted(info):
+                self.plugins[ep.name] = info
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:  # a broken plugin must never stop the host
+                self._fail(info, f"failed to import {ep.value!r}: {type(exc).__name__}: {exc}")
+                self.plugins[ep.name] = info
+                continue
+            self._register(plugin, info)
+
+    def add_plugin(
+        self, plugin: object, name: str, distribution: str | None = None, version: str | None = None
+    ) -> PluginInfo:
+        """Register a plugin object by hand (tests, notebooks); same rules as entry-point plugins."""
+        if name in self.plugins:
+            raise RegistrationError(f"a plugin named {name!r} is already registered")
+        info = PluginInfo(name, distribution, version)
+        if self._permitted(info):
+            self._register(plugin, info)
+        else:
+            self.plugins[name] = info
+        return info
+
+    def remove_plugin(self, name: str) -> None:
+        """Unregister a plugin and everything it registered."""
+        del self.plugins[name]
+        self._forget(name)
+
+    # -- registration ----------------------------------------------------------------------------------
+
+    def _fail(self, info: PluginInfo, message: str, consequence: str = "skipped") -> None:
+        info.status = "failed"
+        info.errors.append(message)
+        where = f" ({info.distribution})" if info.distribution else ""
+        self.warn(f"plugin {info.name!r}{where} {message}; {consequence}")
+
+    def _forget(self, name: str) -> None:
+        for kind in REGISTRATION_HOOKS.values():
+            registry: Registry[Any] = getattr(self, kind)
+            for entry_name in registry.by_plugin(name):
+                registry.remove(entry_name)
+        if self.pm.has_plugin(name):
+            self.pm.unregister(name=name)
+
+    def _register(self, plugin: object, info: PluginInfo) -> None:
+        self.plugins[info.name] = info
+        try:
+            self.pm.register(plugin, name=info.name)
+        except Exception as exc:  # pluggy validates hook signatures here
+            self._fail(info, f"could not be registered: {type(exc).__name__}: {exc}")
+            return
+        info.hooks = [hook for hook in hookspecs.HOOK_NAMES if self._impl(info.name, hook)]
+        for hook, kind in REGISTRATION_HOOKS.items():
+            impl = self._impl(info.name, hook)
+            if impl is None:
+                continue
+            staged: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+            def register(*args: Any, _staged: list[Any] = staged, **kwargs: Any) -> None:
+                _staged.append((args, kwargs))
+
+            try:
+                impl.function(register=register)
+                info.registered[kind] = self._commit(kind, staged, info.name)
+            except Exception as exc:  # the whole plugin is skipped: nothing half-registered stays
+                self._forget(info.name)
+                info.registered.clear()
+                self._fail(info, f"raised in {hook}: {type(exc).__name__}: {exc}")
+                return
+
+    def _commit(self, kind: str, staged: list[tuple[tuple[Any, ...], dict[str, Any]]], plugin: str) -> list[str]:
+        """Add a hook's staged registrations all together, or none of them."""
+        registry: Registry[Any] = getattr(self, kind)
+        added: list[str] = []
+        try:
+            for args, kwargs in staged:
+                if kind == "modalities":
+                    added.append(self._add_modality(plugin, *args, **kwargs))
+                else:
+                    registry.add(*args, plugin=plugin, **kwargs)
+                    added.append(args[0] if args else kwargs["name"])
+        except Exception:
+            for name in added:
+                registry.remove(name)
+            raise
+        return added
+
+    def _add_modality(self, plugin: str, modality: Any, **kwargs: Any) -> str:
+        if kwargs or not isinstance(modality, Modality):
+            raise RegistrationError(f"register() in anybind_modalities takes one anybind.Modality, got {modality!r}")
+        self.modalities.add(modality.name, modality, plugin=plugin, description=modality.description)
+        return modality.name
+
+    def _impl(self, plugin_name: str, hook: str) -> pluggy.HookImpl | None:
+        for impl in getattr(self.pm.hook, hook).get_hookimpls():
+            if impl.plugin_name == plugin_name:
+                return impl
+        return None
+
+    # -- CLI -------------------------------------------------------------------------------------------
+
+    def add_commands(self, app: Any) -> None:
+        """Let each plugin add CLI commands to ``app``; clashing or failing plugins are skipped."""
+        for name, info in list(self.plugins.items()):
+            impl = self._impl(name, "anybind_commands") if info.status == "loaded" else None
+            if impl is None:
+                continue
+            before = list(app.registered_commands)
+            taken = {_command_name(cmd) for cmd in before}
+            try:
+                impl.function(app=app)
+                added = app.registered_commands[len(before) :]
+                clashes = sorted({_command_name(cmd) for cmd in added} & taken)
+                if clashes:
+                    raise AnybindError(f"command name(s) {', '.join(clashes)} already exist")
+            except Exception as exc:
+                app.registered_commands[:] = before
+                self._fail(info, f"raised in anybind_commands: {type(exc).__name__}: {exc}", "its commands skipped")
+                continue
+            info.registered["commands"] = sorted(_command_name(cmd) for cmd in added)
+
+
+def _command_name(command: Any) -> str:
+    if command.name:
+        return str(command.name)
+    return str(command.callback.__name__).replace("_", "-")
+
+
+_default_host: PluginHost | None = None
+
+
+def get_host() -> PluginHost:
+    """The process-wide host, built from entry points and the environment on first use."""
+    global _default_host
+    if _default_host is None:
+        _default_host = PluginHost.from_environment()
+    return _default_host
+
+
+def set_host(host: PluginHost | None) -> None:
+    """Replace the process-wide host (``None``: rebuild from the environment on next use)."""
+    global _default_host
+    _default_host = host
