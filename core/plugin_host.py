@@ -112,12 +112,12 @@ class PluginHost:
 
     # -- discovery -------------------------------------------------------------------------------------
 
-    def _permitted(self, info: PluginInfo) -> bool:
+    def _permitted(self, info: PluginInfo, use_allowlist: bool = True) -> bool:
         names = {info.name, info.distribution or ""}
         if names & self.block:
             info.status = "blocked"
             return False
-        if self.allow is not None and not names & self.allow:
+        if use_allowlist and self.allow is not None and not names & self.allow:
             info.status = "not-allowed"
             return False
         return True
@@ -160,11 +160,14 @@ class PluginHost:
     def add_plugin(
         self, plugin: object, name: str, distribution: str | None = None, version: str | None = None
     ) -> PluginInfo:
-        """Register a plugin object by hand (tests, notebooks); same rules as entry-point plugins."""
+        """Register a plugin object by hand (tests, notebooks).
+
+        Registering by hand is explicit, so the allowlist does not apply; the blocklist does.
+        """
         if name in self.plugins:
             raise RegistrationError(f"a plugin named {name!r} is already registered")
         info = PluginInfo(name, distribution, version)
-        if self._permitted(info):
+        if self._permitted(info, use_allowlist=False):
             self._register(plugin, info)
         else:
             self.plugins[name] = info

@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-import click
 import typer
 
 from anybind.errors import AnybindError
@@ -64,12 +63,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = typer.main.get_command(app)
     try:
         result = command.main(args=args, prog_name="anybind", standalone_mode=False)
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("anybind: aborted", file=sys.stderr)
         return 1
+    except typer.TyperException as exc:  # usage errors (typer >= 0.29 vendors click under this base)
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show()
+        else:
+            print(f"anybind: error: {exc}", file=sys.stderr)
+        return int(getattr(exc, "exit_code", EXIT_USAGE))
     except AnybindError as exc:
         if debug:
             raise

@@ -1,0 +1,83 @@
+"""Shared fixtures: tiny CLIP/SigLIP checkpoints built from configs, generated media, a clean plugin host.
+
+Nothing here touches the network: HF_HUB_OFFLINE is forced for the whole run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.pop("ANYBIND_LOAD_PLUGINS", None)
+os.environ.pop("ANYBIND_BLOCK_PLUGINS", None)
+sys.path.insert(0, str(Path(__file__).parent))
+
+import numpy as np
+import pytest
+from PIL import Image
+from tiny_models import build_clip, build_siglip
+
+import anybind
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised tiny CLIP checkpoint (16-d) saved with save_pretrained."""
+    return build_clip(tmp_path_factory.mktemp("models") / "tiny-clip")
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised tiny SigLIP checkpoint (32-d) saved with save_pretrained."""
+    return build_siglip(tmp_path_factory.mktemp("models") / "tiny-siglip")
+
+
+@pytest.fixture(scope="session")
+def clip_space(tiny_clip_dir: Path) -> anybind.Space:
+    """The tiny CLIP loaded as a space on the CPU (shared; do not mutate)."""
+    return anybind.load_space(f"clip:{tiny_clip_dir}", device="cpu")
+
+
+@pytest.fixture
+def host() -> anybind.PluginHost:
+    """A fresh host with only the built-in plugins found through the real entry points."""
+    fresh = anybind.PluginHost(allow={"image", "text", "clip"})
+    fresh.load_entry_points()
+    return fresh
+
+
+def make_image(path: Path, seed: int, size: tuple[int, int] = (48, 40), fmt: str = "PNG") -> Path:
+    """Write a random RGB picture (different per seed) and return its path."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, format=fmt)
+    return path
+
+
+@pytest.fixture
+def image_files(tmp_path: Path) -> dict[str, Path]:
+    """Good and bad image files: two good PNGs, a JPEG, and corrupt / empty / truncated / impostor files."""
+    good = make_image(tmp_path / "good.png", 1)
+    good2 = make_image(tmp_path / "good2.png", 2)
+    jpeg = make_image(tmp_path / "photo.jpg", 3, fmt="JPEG")
+    corrupt = tmp_path / "broken.png"
+    data = good.read_bytes()
+    corrupt.write_bytes(data[:16] + b"\x00" * 64 + data[80:])  # PNG magic, header chunk smashed
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(data[: len(data) // 2])
+    impostor = tmp_path / "notes.jpg"
+    impostor.write_text("this is a text file named .jpg\n")
+    return {
+        "good": good,
+        "good2": good2,
+        "jpeg": jpeg,
+        "corrupt": corrupt,
+        "empty": empty,
+        "truncated": truncated,
+        "impostor": impostor,
+    }
