@@ -206,14 +206,10 @@ class PluginHost:
             impl = self._impl(info.name, hook)
             if impl is None:
                 continue
-            staged: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
-
-            def register(*args: Any, _staged: list[Any] = staged, **kwargs: Any) -> None:
-                _staged.append((args, kwargs))
-
+            register = _Recorder()
             try:
                 impl.function(register=register)
-                info.registered[kind] = self._commit(kind, staged, info.name)
+                info.registered[kind] = self._commit(kind, register.calls, info.name)
             except Exception as exc:  # the whole plugin is skipped: nothing half-registered stays
                 self._forget(info.name)
                 info.registered.clear()
@@ -270,6 +266,16 @@ class PluginHost:
                 self._fail(info, f"raised in anybind_commands: {type(exc).__name__}: {exc}", "its commands skipped")
                 continue
             info.registered["commands"] = sorted(_command_name(cmd) for cmd in added)
+
+
+class _Recorder:
+    """The ``register`` callback a hook receives: records calls, committed only if the hook returns."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        self.calls.append((args, kwargs))
 
 
 def _command_name(command: Any) -> str:

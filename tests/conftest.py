@@ -35,18 +35,37 @@ def tiny_siglip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_siglip(tmp_path_factory.mktemp("models") / "tiny-siglip")
 
 
+def builtin_host() -> anybind.PluginHost:
+    """A host with only this distribution's plugins, found through the real entry points."""
+    fresh = anybind.PluginHost(allow={"anybind"})
+    fresh.load_entry_points()
+    return fresh
+
+
 @pytest.fixture(scope="session")
-def clip_space(tiny_clip_dir: Path) -> anybind.Space:
+def builtin_plugins() -> anybind.PluginHost:
+    """The built-in plugins only (shared; do not add plugins to it)."""
+    return builtin_host()
+
+
+@pytest.fixture(autouse=True)
+def _hermetic_default_host(builtin_plugins: anybind.PluginHost):
+    """Tests see the built-in plugins, whatever else is installed in the environment."""
+    anybind.set_host(builtin_plugins)
+    yield
+    anybind.set_host(None)
+
+
+@pytest.fixture(scope="session")
+def clip_space(tiny_clip_dir: Path, builtin_plugins: anybind.PluginHost) -> anybind.Space:
     """The tiny CLIP loaded as a space on the CPU (shared; do not mutate)."""
-    return anybind.load_space(f"clip:{tiny_clip_dir}", device="cpu")
+    return anybind.load_space(f"clip:{tiny_clip_dir}", device="cpu", host=builtin_plugins)
 
 
 @pytest.fixture
 def host() -> anybind.PluginHost:
-    """A fresh host with only the built-in plugins found through the real entry points."""
-    fresh = anybind.PluginHost(allow={"image", "text", "clip"})
-    fresh.load_entry_points()
-    return fresh
+    """A fresh host with only the built-in plugins; tests may add plugins to it."""
+    return builtin_host()
 
 
 def make_image(path: Path, seed: int, size: tuple[int, int] = (48, 40), fmt: str = "PNG") -> Path:
