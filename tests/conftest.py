@@ -6,33 +6,31 @@ Nothing here touches the network: HF_HUB_OFFLINE is forced for the whole run.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.pop("ANYBIND_LOAD_PLUGINS", None)
 os.environ.pop("ANYBIND_BLOCK_PLUGINS", None)
-sys.path.insert(0, str(Path(__file__).parent))
 
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_models import build_clip, build_siglip
 
 import anybind
+from anybind.testing import build_tiny_clip, build_tiny_siglip
 
 
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised tiny CLIP checkpoint (16-d) saved with save_pretrained."""
-    return build_clip(tmp_path_factory.mktemp("models") / "tiny-clip")
+    return build_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-clip")
 
 
 @pytest.fixture(scope="session")
 def tiny_siglip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised tiny SigLIP checkpoint (32-d) saved with save_pretrained."""
-    return build_siglip(tmp_path_factory.mktemp("models") / "tiny-siglip")
+    return build_tiny_siglip(tmp_path_factory.mktemp("models") / "tiny-siglip")
 
 
 def builtin_host() -> anybind.PluginHost:

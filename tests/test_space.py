@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_models import build_clip
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
 import anybind
 from anybind import Modality, SpaceConfig, hookimpl
 from anybind.errors import ItemError, ModelLoadError, SpaceError, UnknownNameError
+from anybind.testing import build_tiny_clip
 
 TEXTS = ["a photo of a dog", "a red car on the road", "a violin and a piano"]
 
@@ -101,7 +101,7 @@ def test_fingerprint_is_stable_and_tracks_weights(tiny_clip_dir, clip_space, tmp
     assert clip_space.fingerprint.startswith("anybind1:")
     moved = shutil.copytree(tiny_clip_dir, tmp_path / "moved")
     assert anybind.load_space(f"clip:{moved}", device="cpu").fingerprint == clip_space.fingerprint
-    other = build_clip(tmp_path / "other", seed=1)
+    other = build_tiny_clip(tmp_path / "other", seed=1)
     assert anybind.load_space(f"clip:{other}", device="cpu").fingerprint != clip_space.fingerprint
     description = clip_space.describe()
     assert description["dim"] == 16

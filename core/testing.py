@@ -1,4 +1,11 @@
-"""Tiny CLIP and SigLIP checkpoints built from configs, with a tokenizer trained here: no network."""
+"""Helpers for tests (yours and ours): tiny CLIP and SigLIP checkpoints built from configs, no network.
+
+The models are randomly initialised, so their vectors mean nothing; they exercise the real loading,
+preprocessing and embedding code in a fraction of a second::
+
+    from anybind.testing import build_tiny_clip
+    build_tiny_clip("tiny-clip")            # then: anybind embed --space clip:tiny-clip -m text "a dog"
+"""
 
 from __future__ import annotations
 
@@ -71,12 +78,13 @@ def _towers(vocab: int) -> tuple[dict, dict]:
     return text, vision
 
 
-def build_clip(directory: Path, seed: int = 0) -> Path:
+def build_tiny_clip(directory: str | Path, seed: int = 0) -> Path:
     """Save a randomly initialised tiny CLIP (16-d projections) with tokenizer and image processor."""
     tokenizer = train_tokenizer()
     text, vision = _towers(len(tokenizer))
     torch.manual_seed(seed)
     model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
+    directory = Path(directory)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     CLIPImageProcessor(
@@ -85,12 +93,13 @@ def build_clip(directory: Path, seed: int = 0) -> Path:
     return directory
 
 
-def build_siglip(directory: Path, seed: int = 0) -> Path:
+def build_tiny_siglip(directory: str | Path, seed: int = 0) -> Path:
     """Save a randomly initialised tiny SigLIP (32-d) with tokenizer and image processor."""
     tokenizer = train_tokenizer()
     text, vision = _towers(len(tokenizer))
     torch.manual_seed(seed)
     model = SiglipModel(SiglipConfig(text_config=text, vision_config=vision))
+    directory = Path(directory)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     SiglipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(directory)
