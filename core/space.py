@@ -44,16 +44,22 @@ class Route:
 class EmbedResult:
     """Vectors for the items that could be embedded, and one error for each that could not.
 
-    ``indices[i]`` is the position in the input of the item whose vector is ``vectors[i]``.
+    ``indices[i]`` is the position in the input of the item whose vector is ``vectors[i]``;
+    ``failed[j]`` is the position of the item that ``errors[j]`` is about. Both are in input order.
     """
 
     vectors: np.ndarray
     indices: list[int] = field(default_factory=list)
     errors: list[ItemError] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+
+    def add_error(self, position: int, error: ItemError) -> None:
+        self.failed.append(position)
+        self.errors.append(error)
 
 
 def _as_items(items: Any) -> Sequence[Any]:
-    if isinstance(items, (str, bytes, os.PathLike)):
+    if isinstance(items, (str, bytes, bytearray, memoryview, os.PathLike)):
         return [items]
     return items if isinstance(items, Sequence) else list(items)
 
@@ -88,13 +94,19 @@ class Space:
     def _load_encoder(self, spec: str) -> Encoder:
         if spec not in self._encoders:
             name, ref = split_spec(spec)
-            factory = self.host.encoders.get(name)
+            entry = self.host.encoders.entry(name)
             try:
-                self._encoders[spec] = factory(ref, self.options)
+                encoder = entry.value(ref, self.options)
             except AnybindError:
                 raise
             except Exception as exc:
                 raise ModelLoadError(f"encoder {spec!r} failed to load: {type(exc).__name__}: {exc}") from exc
+            if not isinstance(encoder, Encoder) or not isinstance(encoder.dim, int) or encoder.dim < 1:
+                raise ModelLoadError(
+                    f"encoder {name!r} (plugin {entry.plugin!r}) returned {encoder!r} for {spec!r}, not an "
+                    "anybind.Encoder (id, dim > 0, towers, embed)"
+                )
+            self._encoders[spec] = encoder
         return self._encoders[spec]
 
     # -- identity ----------------------------------------------------------------------------------------
@@ -167,30 +179,34 @@ class Space:
                     decoded.append(mod.decode(seq[index]))
                     positions.append(index)
                 except ItemError as exc:
-                    result.errors.append(exc)
+                    result.add_error(index, exc)
                 except Exception as exc:  # a plugin's decoder failing in its own way
-                    result.errors.append(ItemError(describe_item(seq[index], index), f"{type(exc).__name__}: {exc}"))
+                    result.add_error(index, ItemError(describe_item(seq[index], index), f"{type(exc).__name__}: {exc}"))
             if decoded:
-                vectors, kept = self._encode(route, decoded, positions, seq, result.errors)
+                vectors, kept = self._encode(route, decoded, positions, seq, result)
                 blocks.append(vectors)
                 result.indices.extend(kept)
+        order = np.argsort(result.failed, kind="stable")
+        result.failed = [result.failed[i] for i in order]
+        result.errors = [result.errors[i] for i in order]
         if blocks:
             result.vectors = np.ascontiguousarray(np.concatenate(blocks), dtype=np.float32)
         return result
 
     def _encode(
-        self, route: Route, decoded: list[Any], positions: list[int], seq: Sequence[Any], errors: list[ItemError]
+        self, route: Route, decoded: list[Any], positions: list[int], seq: Sequence[Any], result: EmbedResult
     ) -> tuple[np.ndarray, list[int]]:
         """Encode one batch; if the batch fails, retry item by item so that only the culprit is lost."""
         try:
             return self._finish(route, route.encoder.embed(route.tower, decoded), len(decoded)), positions
         except Exception as exc:
             if len(decoded) == 1:
-                errors.append(ItemError(describe_item(seq[positions[0]], positions[0]), f"cannot be embedded: {exc}"))
+                label = describe_item(seq[positions[0]], positions[0])
+                result.add_error(positions[0], ItemError(label, f"cannot be embedded: {exc}"))
                 return np.empty((0, self.dim), dtype=np.float32), []
         blocks, kept = [], []
         for value, position in zip(decoded, positions, strict=True):
-            vectors, ok = self._encode(route, [value], [position], seq, errors)
+            vectors, ok = self._encode(route, [value], [position], seq, result)
             blocks.append(vectors)
             kept.extend(ok)
         return np.concatenate(blocks), kept

@@ -96,13 +96,14 @@ def test_embed_images_reports_the_broken_one_and_keeps_the_rest(capsys, tiny_cli
     expected = clip_space.embed("image", [good, good2])
     np.testing.assert_allclose([r["vector"] for r in report["results"]], expected, atol=1e-6)
     assert report["errors"] == [
-        {"item": str(broken), "error": "not a readable image (unknown format or corrupt header)"}
+        {"index": 1, "item": str(broken), "error": "not a readable image (unknown format or corrupt header)"}
     ]
+    assert [r["index"] for r in report["results"]] == [0, 2]
     assert f"{broken}: not a readable image" in err
     assert "Traceback" not in err
 
 
-def test_embed_without_modality_sniffs_each_file(capsys, tiny_clip_dir, image_files, tmp_path):
+def test_embed_without_modality_sniffs_each_file(capsys, tiny_clip_dir, image_files, tmp_path, clip_space):
     note = tmp_path / "note.txt"
     note.write_text("a violin and a piano")
     code, out, err = run_cli(
@@ -124,6 +125,42 @@ def test_embed_without_modality_sniffs_each_file(capsys, tiny_clip_dir, image_fi
         (str(image_files["jpeg"]), "image"),
     ]
     assert report["errors"][0]["item"] == "not-a-file" and "--modality text" in err
+    # a sniffed text file is embedded by its content, not by its name
+    by_item = {r["item"]: np.array(r["vector"]) for r in report["results"]}
+    np.testing.assert_allclose(by_item[str(note)], clip_space.embed("text", ["a violin and a piano"])[0], atol=1e-6)
+    assert not np.allclose(by_item[str(note)], clip_space.embed("text", [str(note)])[0], atol=1e-3)
+
+
+def test_sniffed_modality_without_a_route_fails_only_its_items(capsys, monkeypatch, tiny_clip_dir, image_files):
+    class Blob:
+        @anybind.hookimpl
+        def anybind_modalities(self, register):
+            register(anybind.Modality("blob", decode=bytes, sniff=lambda head: head.startswith(b"BLOB")))
+
+    host = anybind.PluginHost(allow={"anybind"})
+    host.load_entry_points()
+    host.add_plugin(Blob(), "blob")
+    monkeypatch.setattr(anybind.cli.PluginHost, "from_environment", classmethod(lambda cls, **kwargs: host))
+    blob = image_files["good"].with_name("x.blob")
+    blob.write_bytes(b"BLOB....")
+    space = f"clip:{tiny_clip_dir}"
+    code, out, _ = run_cli(capsys, "embed", "-s", space, str(blob), str(image_files["good"]), "--json")
+    assert code == 1
+    report = json.loads(out)
+    assert [r["item"] for r in report["results"]] == [str(image_files["good"])]
+    assert report["errors"][0]["index"] == 0 and "cannot embed modality 'blob'" in report["errors"][0]["error"]
+
+
+def test_item_names_are_not_rich_markup(capsys, tiny_clip_dir):
+    code, out, err = run_cli(capsys, "embed", "-s", f"clip:{tiny_clip_dir}", "-m", "text", "[/oops]", "[bold]x")
+    assert code == 0, err
+    assert "[/oops]" in out and "[bold]x" in out
+
+
+def test_space_from_the_environment(capsys, monkeypatch, tiny_clip_dir):
+    monkeypatch.setenv("ANYBIND_SPACE", f"clip:{tiny_clip_dir}")
+    code, out, _ = run_cli(capsys, "embed", "-m", "text", "a dog", "--json")
+    assert code == 0 and json.loads(out)["dim"] == 16
 
 
 def test_embed_table_output(capsys, tiny_clip_dir):

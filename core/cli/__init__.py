@@ -17,8 +17,7 @@ from anybind.plugin_host import PluginHost, set_host
 from . import embed_cmd, plugins_cmd
 from .common import root_callback
 
-EXIT_USAGE = 2
-EXIT_ERROR = 2
+EXIT_ERROR = 2  # also click's status for usage errors
 EXIT_INTERNAL = 3
 
 
@@ -72,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             show()
         else:
             print(f"anybind: error: {exc}", file=sys.stderr)
-        return int(getattr(exc, "exit_code", EXIT_USAGE))
+        return int(getattr(exc, "exit_code", EXIT_ERROR))
     except AnybindError as exc:
         if debug:
             raise

@@ -3,37 +3,62 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from anybind.errors import ItemError
+from anybind.errors import ItemError, SpaceError
 from anybind.modality import detect
 from anybind.plugin_host import get_host
+from anybind.space import Space
 from anybind.space_loader import load_space
 
 from .common import DeviceOption, JsonOption, SpaceOption, emit_json, warn
 
 
-def _group_by_modality(items: list[str], modality: str | None) -> tuple[dict[str, list[int]], list[ItemError]]:
-    """Positions of items per modality; with no ``--modality``, each file's content decides."""
+def _inputs(items: list[str], modality: str | None) -> tuple[dict[str, list[int]], list[Any], dict[int, ItemError]]:
+    """Items grouped by modality, the value to embed for each, and the items that failed detection.
+
+    With ``--modality``, every argument goes in as given (a string is the text itself for ``text``, a
+    path for file modalities). Without it, every argument must be a file: its content decides the
+    modality, and it goes in as a ``Path`` so that text files are read, not their names embedded.
+    """
     if modality is not None:
-        return {modality: list(range(len(items)))}, []
+        return {modality: list(range(len(items)))}, list(items), {}
     groups: dict[str, list[int]] = {}
-    failed: list[ItemError] = []
+    failed: dict[int, ItemError] = {}
     modalities = [entry.value for entry in get_host().modalities.entries()]
     for index, item in enumerate(items):
         if not os.path.exists(item):
-            failed.append(ItemError(item, "no such file (to embed a string, pass --modality text)"))
+            failed[index] = ItemError(item, "no such file (to embed a string, pass --modality text)")
             continue
         try:
             groups.setdefault(detect(item, modalities).name, []).append(index)
         except ItemError as exc:
-            failed.append(exc)
-    return groups, failed
+            failed[index] = exc
+    return groups, [Path(item) for item in items], failed
+
+
+def _embed_groups(
+    space: Space, groups: dict[str, list[int]], values: list[Any], failed: dict[int, ItemError]
+) -> dict[int, tuple[str, np.ndarray]]:
+    vectors: dict[int, tuple[str, np.ndarray]] = {}
+    for name, positions in groups.items():
+        try:
+            result = space.try_embed(name, [values[i] for i in positions])
+        except SpaceError as exc:  # this space has no route for the modality: its items fail, not the run
+            failed.update({i: ItemError(str(values[i]), str(exc)) for i in positions})
+            continue
+        for vector, local in zip(result.vectors, result.indices, strict=True):
+            vectors[positions[local]] = (name, vector)
+        for local, error in zip(result.failed, result.errors, strict=True):
+            failed[positions[local]] = error
+    return vectors
 
 
 def embed(
@@ -51,33 +76,32 @@ def embed(
 ) -> None:
     """Embed items into the space; prints vectors (unit norm, anchor space). Exit 1 if any item failed."""
     loaded = load_space(space, device=device, batch_size=batch_size, trust_remote_code=trust_remote_code)
-    groups, failed = _group_by_modality(items, modality)
-    rows: dict[int, dict[str, Any]] = {}
-    for name, positions in groups.items():
-        result = loaded.try_embed(name, [items[i] for i in positions])
-        for vector, local in zip(result.vectors, result.indices, strict=True):
-            rows[positions[local]] = {"item": items[positions[local]], "modality": name, "vector": vector}
-        failed.extend(result.errors)
-    for error in failed:
-        warn(str(error))
-    ordered = [rows[i] for i in sorted(rows)]
+    if modality is not None:
+        loaded.route(modality)  # an unknown modality or one without a route is an error for the whole run
+    groups, values, failed = _inputs(items, modality)
+    vectors = _embed_groups(loaded, groups, values, failed)
+    for index in sorted(failed):
+        warn(str(failed[index]))
     if json_output:
         emit_json(
             {
                 "space": loaded.name,
                 "fingerprint": loaded.fingerprint,
                 "dim": loaded.dim,
-                "results": [{**row, "vector": row["vector"].tolist()} for row in ordered],
-                "errors": [{"item": error.source, "error": error.reason} for error in failed],
+                "results": [
+                    {"index": i, "item": items[i], "modality": name, "vector": vector.tolist()}
+                    for i, (name, vector) in sorted(vectors.items())
+                ],
+                "errors": [{"index": i, "item": items[i], "error": failed[i].reason} for i in sorted(failed)],
             }
         )
     else:
-        table = Table(title=f"{loaded.name} ({loaded.dim}-d, {loaded.fingerprint})")
+        table = Table(title=escape(f"{loaded.name} ({loaded.dim}-d, {loaded.fingerprint})"))
         for column in ("item", "modality", "norm", "vector"):
             table.add_column(column)
-        for row in ordered:
-            head = ", ".join(f"{x:+.4f}" for x in row["vector"][:4])
-            table.add_row(row["item"], row["modality"], f"{np.linalg.norm(row['vector']):.4f}", f"[{head}, ...]")
+        for i, (name, vector) in sorted(vectors.items()):
+            head = ", ".join(f"{x:+.4f}" for x in vector[:4])
+            table.add_row(escape(items[i]), name, f"{np.linalg.norm(vector):.4f}", escape(f"[{head}, ...]"))
         Console().print(table)
     if failed:
         raise typer.Exit(1)

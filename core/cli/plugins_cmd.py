@@ -6,6 +6,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from anybind.plugin_host import PluginHost, get_host
@@ -55,7 +56,8 @@ def plugins(json_output: JsonOption = False) -> None:
     for info in report["plugins"]:
         registered = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in info["registered"].items())
         detail = registered or "; ".join(info["errors"])
-        table.add_row(info["name"], info["distribution"] or "-", info["version"] or "-", info["status"], detail)
+        cells = (info["name"], info["distribution"] or "-", info["version"] or "-", info["status"], detail)
+        table.add_row(*(escape(cell) for cell in cells))
     Console().print(table)
 
 
