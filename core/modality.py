@@ -68,6 +68,16 @@ def read_head(path: str | os.PathLike[str], size: int = SNIFF_BYTES) -> bytes:
         raise DecodeError(os.fspath(path), f"cannot read: {exc.strerror or exc}") from None
 
 
+def _sniffs(modality: Modality, head: bytes) -> bool:
+    """Whether the modality's sniffer accepts ``head``; a sniffer that raises counts as a no."""
+    if modality.sniff is None:
+        return False
+    try:
+        return bool(modality.sniff(head))
+    except Exception:
+        return False
+
+
 def detect(path: str | os.PathLike[str], modalities: Sequence[Modality]) -> Modality:
     """The modality of a file: content sniffing first (strong sniffers before fallback ones), extension second.
 
@@ -78,14 +88,14 @@ def detect(path: str | os.PathLike[str], modalities: Sequence[Modality]) -> Moda
         raise DecodeError(os.fspath(path), "empty file (0 bytes)")
     ordered = sorted(modalities, key=lambda m: (m.fallback, m.name))
     for modality in ordered:
-        if modality.sniff is not None and not modality.fallback and modality.sniff(head):
+        if not modality.fallback and _sniffs(modality, head):
             return modality
     suffix = Path(path).suffix.lower()
     for modality in ordered:
         if suffix and suffix in modality.extensions and modality.sniff is None:
             return modality
     for modality in ordered:
-        if modality.sniff is not None and modality.fallback and modality.sniff(head):
+        if modality.fallback and _sniffs(modality, head):
             return modality
     names = ", ".join(m.name for m in ordered) or "none registered"
     raise DecodeError(os.fspath(path), f"content not recognised as any modality ({names})")

@@ -14,6 +14,7 @@ registered in the failing hook is discarded. Nothing a plugin does can stop the 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -67,11 +68,16 @@ class PluginInfo:
         }
 
 
+def normalise(name: str) -> str:
+    """Plugin and distribution names compare like PyPI names: ``Anybind_Sketch`` == ``anybind-sketch``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def parse_name_list(value: str | None) -> set[str] | None:
     """``"a, b"`` -> ``{"a", "b"}``; ``None`` (variable unset) -> ``None``; ``""`` -> empty set."""
     if value is None:
         return None
-    return {part.strip() for part in value.split(",") if part.strip()}
+    return {normalise(part.strip()) for part in value.split(",") if part.strip()}
 
 
 def _stderr_warning(message: str) -> None:
@@ -90,8 +96,8 @@ class PluginHost:
     ) -> None:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
-        self.allow = set(allow) if allow is not None else None
-        self.block = set(block)
+        self.allow = {normalise(name) for name in allow} if allow is not None else None
+        self.block = {normalise(name) for name in block}
         self.warn = warn
         self.modalities: Registry[Modality] = Registry(
             "modality", hint="install or allow the plugin that provides it (see `anybind plugins`)"
@@ -113,7 +119,7 @@ class PluginHost:
     # -- discovery -------------------------------------------------------------------------------------
 
     def _permitted(self, info: PluginInfo, use_allowlist: bool = True) -> bool:
-        names = {info.name, info.distribution or ""}
+        names = {normalise(info.name), normalise(info.distribution or "")}
         if names & self.block:
             info.status = "blocked"
             return False
@@ -151,11 +157,15 @@ class PluginHost:
                 continue
             try:
                 plugin = ep.load()
-            except Exception as exc:  # a broken plugin must never stop the host
+            except (Exception, SystemExit) as exc:  # a broken plugin must never stop the host
                 self._fail(info, f"failed to import {ep.value!r}: {type(exc).__name__}: {exc}")
                 self.plugins[ep.name] = info
                 continue
             self._register(plugin, info)
+        known = {normalise(n) for ep in eps for n in (ep.name, ep.dist.name if ep.dist else "")}
+        for variable, names in ((LOAD_ENV, self.allow or set()), (BLOCK_ENV, self.block)):
+            for unknown in sorted(names - known):
+                self.warn(f"{variable} names {unknown!r}, but no installed plugin or distribution has that name")
 
     def add_plugin(
         self, plugin: object, name: str, distribution: str | None = None, version: str | None = None
@@ -208,9 +218,9 @@ class PluginHost:
                 continue
             register = _Recorder()
             try:
-                impl.function(register=register)
+                _call(impl, register=register)
                 info.registered[kind] = self._commit(kind, register.calls, info.name)
-            except Exception as exc:  # the whole plugin is skipped: nothing half-registered stays
+            except (Exception, SystemExit) as exc:  # the whole plugin is skipped: nothing half-registered stays
                 self._forget(info.name)
                 info.registered.clear()
                 self._fail(info, f"raised in {hook}: {type(exc).__name__}: {exc}")
@@ -248,24 +258,42 @@ class PluginHost:
     # -- CLI -------------------------------------------------------------------------------------------
 
     def add_commands(self, app: Any) -> None:
-        """Let each plugin add CLI commands to ``app``; clashing or failing plugins are skipped."""
+        """Let each plugin add CLI commands to ``app``.
+
+        A plugin whose hook raises, adds a command or group whose name is taken, replaces the root
+        callback, or adds something typer cannot build is reported and its additions are undone; the
+        rest of what it registered stays.
+        """
+        import typer
+
         for name, info in list(self.plugins.items()):
             impl = self._impl(name, "anybind_commands") if info.status == "loaded" else None
             if impl is None:
                 continue
-            before = list(app.registered_commands)
-            taken = {_command_name(cmd) for cmd in before}
+            commands, groups = list(app.registered_commands), list(app.registered_groups)
+            callback = app.registered_callback
+            taken = {_command_name(c) for c in commands} | {g.name for g in groups}
             try:
-                impl.function(app=app)
-                added = app.registered_commands[len(before) :]
-                clashes = sorted({_command_name(cmd) for cmd in added} & taken)
+                _call(impl, app=app)
+                added = [_command_name(c) for c in app.registered_commands[len(commands) :]]
+                added += [str(g.name) for g in app.registered_groups[len(groups) :]]
+                clashes = sorted(set(added) & taken)
                 if clashes:
                     raise AnybindError(f"command name(s) {', '.join(clashes)} already exist")
-            except Exception as exc:
-                app.registered_commands[:] = before
+                if app.registered_callback is not callback:
+                    raise AnybindError("it replaced the root callback (global options)")
+                typer.main.get_command(app)  # fails here, not at every later run, if typer cannot build it
+            except (Exception, SystemExit) as exc:
+                app.registered_commands[:], app.registered_groups[:] = commands, groups
+                app.registered_callback = callback
                 self._fail(info, f"raised in anybind_commands: {type(exc).__name__}: {exc}", "its commands skipped")
                 continue
-            info.registered["commands"] = sorted(_command_name(cmd) for cmd in added)
+            info.registered["commands"] = sorted(added)
+
+
+def _call(impl: pluggy.HookImpl, **arguments: Any) -> Any:
+    """Call one plugin's hook implementation the way pluggy does: with the arguments it names."""
+    return impl.function(*[arguments[name] for name in impl.argnames])
 
 
 class _Recorder:

@@ -59,6 +59,11 @@ class Registry(Generic[T]):
         description: str = "",
     ) -> Entry[T]:
         """Add an entry. Raises :class:`DuplicateNameError` if the name or an alias is taken."""
+        if isinstance(aliases, str):
+            raise RegistrationError(
+                f"plugin {plugin!r} registered {self.kind} {name!r} with aliases={aliases!r}: "
+                "pass a list or tuple of names"
+            )
         keys = [check_name(self.kind, name, plugin)]
         keys += [check_name(self.kind, alias, plugin) for alias in aliases]
         if len(set(keys)) != len(keys):

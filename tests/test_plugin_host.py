@@ -211,3 +211,101 @@ def test_anybind_commands_adds_and_refuses_clashes():
     assert host.plugins["cmd"].registered["commands"] == ["hello-world"]
     assert host.plugins["clash"].status == "failed"
     assert "plugins" in warnings[0] and "'clash'" in warnings[0]
+
+
+class GroupHijackPlugin:
+    @hookimpl
+    def anybind_commands(self, app: Any) -> None:
+        app.add_typer(typer.Typer(), name="embed")
+
+
+class CallbackHijackPlugin:
+    @hookimpl
+    def anybind_commands(self, app: Any) -> None:
+        @app.callback()
+        def mine() -> None:
+            pass
+
+
+class UnbuildableCommandPlugin:
+    @hookimpl
+    def anybind_commands(self, app: Any) -> None:
+        @app.command()
+        def nested(values: list[list[int]]) -> None:
+            pass
+
+
+@pytest.mark.parametrize(
+    ("plugin", "message"),
+    [
+        (GroupHijackPlugin, "embed already exist"),
+        (CallbackHijackPlugin, "replaced the root callback"),
+        (UnbuildableCommandPlugin, "raised in anybind_commands"),
+    ],
+)
+def test_plugin_commands_cannot_take_over_or_break_the_cli(plugin, message):
+    from anybind.cli import build_app
+
+    host, warnings = make_host()
+    host.add_plugin(plugin(), "bad")
+    host.add_plugin(CommandPlugin(), "good")
+    app = build_app()
+    callback, groups = app.registered_callback, list(app.registered_groups)
+    host.add_commands(app)
+    assert host.plugins["bad"].status == "failed"
+    assert message in warnings[0] and "'bad'" in warnings[0]
+    assert app.registered_callback is callback and app.registered_groups == groups
+    assert host.plugins["good"].registered["commands"] == ["hello-world"]
+    typer.main.get_command(app)  # the CLI still builds
+
+
+def test_system_exit_in_a_plugin_is_contained(monkeypatch):
+    class Exits:
+        @hookimpl
+        def anybind_modalities(self, register: Any) -> None:
+            raise SystemExit(5)
+
+    def exit_at_import() -> Any:
+        raise SystemExit(3)
+
+    monkeypatch.setattr(metadata, "entry_points", lambda group: [FakeEntryPoint("quitter", exit_at_import)])
+    host, warnings = make_host()
+    host.load_entry_points()
+    host.add_plugin(Exits(), "exits")
+    assert host.plugins["quitter"].status == "failed" and host.plugins["exits"].status == "failed"
+    assert len(warnings) == 2
+
+
+def test_hook_implementations_may_omit_arguments():
+    calls = []
+
+    class NoArgs:
+        @hookimpl
+        def anybind_spaces(self) -> None:
+            calls.append("called")
+
+    host, warnings = make_host()
+    host.add_plugin(NoArgs(), "noargs")
+    assert calls == ["called"] and warnings == [] and host.plugins["noargs"].status == "loaded"
+
+
+def test_names_compare_like_pypi_names_and_unknown_names_are_reported(monkeypatch):
+    eps = [FakeEntryPoint("depth", DepthPlugin, "Depth_Plugins")]
+    monkeypatch.setattr(metadata, "entry_points", lambda group: eps)
+    host, warnings = make_host(allow={"depth-plugins", "nonexistent"})
+    host.load_entry_points()
+    assert "depth" in host.modalities
+    assert warnings == [
+        "ANYBIND_LOAD_PLUGINS names 'nonexistent', but no installed plugin or distribution has that name"
+    ]
+
+
+def test_aliases_must_be_a_sequence_of_names():
+    class StringAliases:
+        @hookimpl
+        def anybind_encoders(self, register: Any) -> None:
+            register("fake", lambda ref, options: None, aliases="xyz")
+
+    host, warnings = make_host()
+    host.add_plugin(StringAliases(), "aliases")
+    assert "pass a list or tuple" in warnings[0] and "x" not in host.encoders
