@@ -51,7 +51,7 @@ class ContrastiveEncoder:
         self.image_processor = from_pretrained(transformers.AutoImageProcessor, ref, "image processor", **safe)
         self.max_text_tokens = int(self.model.config.text_config.max_position_embeddings)
         self.dim = self._output_dim(self.model.config)
-        self.id = weights_id(self.family, ref, self.model.config)
+        self.id = weights_id(self.family, ref)
 
     def _output_dim(self, config: Any) -> int:
         raise NotImplementedError

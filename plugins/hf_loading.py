@@ -12,27 +12,53 @@ from typing import Any
 
 from anybind.errors import ModelLoadError
 
-DIGEST_PATTERNS = ("*.safetensors", "*.json", "*.txt", "*.model")
+# What defines a checkpoint's vectors: its weights, configs and tokenizer files (not READMEs or stray files).
+WEIGHT_PATTERN = "*.safetensors"
+DEFINING_FILES = (
+    "config.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
 
 
-def weights_id(family: str, ref: str, config: Any) -> str:
-    """Identity of the loaded weights, independent of where a local copy lives.
-
-    ``family@sha256:<digest>`` over a local directory's weights, configs and tokenizer files (moving the
-    directory keeps it; retraining changes it), or ``family:<hub id>@<commit>`` for a hub checkpoint.
-    """
-    path = Path(ref)
-    if path.is_dir():
-        digest = hashlib.sha256()
-        files = sorted({f for pattern in DIGEST_PATTERNS for f in path.glob(pattern) if f.is_file()})
-        for file in files:
+def directory_digest(path: Path) -> str:
+    """SHA-256 over the files that define a checkpoint, by name and content (reads every weight file)."""
+    digest = hashlib.sha256()
+    files = sorted([*path.glob(WEIGHT_PATTERN), *(path / name for name in DEFINING_FILES)])
+    for file in files:
+        if file.is_file():
             digest.update(file.name.encode() + b"\0")
             with open(file, "rb") as handle:
                 while chunk := handle.read(1 << 20):
                     digest.update(chunk)
-        return f"{family}@sha256:{digest.hexdigest()[:16]}"
-    commit = getattr(config, "_commit_hash", None) or "unknown-revision"
-    return f"{family}:{ref}@{commit}"
+    return digest.hexdigest()[:16]
+
+
+def hub_revision(ref: str) -> str:
+    """The commit of the cached hub snapshot that ``from_pretrained`` just loaded (read offline)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(ref, "config.json")
+    return Path(cached).parent.name if isinstance(cached, str) else "unknown-revision"
+
+
+def weights_id(family: str, ref: str) -> str:
+    """Identity of the loaded weights, independent of where a local copy lives.
+
+    ``family@sha256:<digest>`` over a local directory's defining files (moving the directory keeps it;
+    retraining changes it), or ``family:<hub id>@<commit>`` for a checkpoint from the hub cache.
+    """
+    path = Path(ref)
+    if path.is_dir():
+        return f"{family}@sha256:{directory_digest(path)}"
+    return f"{family}:{ref}@{hub_revision(ref)}"
 
 
 def describe_ref(ref: str) -> str:

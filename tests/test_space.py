@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -100,6 +103,7 @@ def test_fingerprint_is_stable_and_tracks_weights(tiny_clip_dir, clip_space, tmp
     assert again.fingerprint == clip_space.fingerprint
     assert clip_space.fingerprint.startswith("anybind1:")
     moved = shutil.copytree(tiny_clip_dir, tmp_path / "moved")
+    (moved / "README.md").write_text("notes that do not change the vectors")
     assert anybind.load_space(f"clip:{moved}", device="cpu").fingerprint == clip_space.fingerprint
     other = build_tiny_clip(tmp_path / "other", seed=1)
     assert anybind.load_space(f"clip:{other}", device="cpu").fingerprint != clip_space.fingerprint
@@ -231,3 +235,51 @@ def test_cuda_fp16_matches_cpu(tiny_clip_dir, clip_space):
     vectors = gpu.embed("text", TEXTS)
     assert_unit_rows(vectors, 3, 16)
     np.testing.assert_allclose(vectors, clip_space.embed("text", TEXTS), atol=2e-2)
+
+
+def test_factory_returning_a_non_encoder_is_named(host):
+    class Junk:
+        @hookimpl
+        def anybind_encoders(self, register):
+            register("junk", lambda ref, options: None)
+
+    host.add_plugin(Junk(), "junk-plugin")
+    with pytest.raises(ModelLoadError, match=r"encoder 'junk' \(plugin 'junk-plugin'\) returned None"):
+        anybind.load_space("junk:x", device="cpu", host=host)
+
+
+def test_bytes_like_single_items_and_failed_positions(clip_space, image_files):
+    data = bytearray(image_files["good"].read_bytes())
+    assert clip_space.embed("image", data).shape == (1, 16)
+    result = clip_space.try_embed("image", [b"bad", image_files["good"], b"", b"worse"])
+    assert result.indices == [1] and result.failed == [0, 2, 3]
+    assert [e.source for e in result.errors] == ["<3 bytes>", "<0 bytes>", "<5 bytes>"]
+
+
+def test_a_sniffer_that_raises_counts_as_no(image_files):
+    def broken(head):
+        raise RuntimeError("bad sniffer")
+
+    modalities = [Modality("weird", decode=bytes, sniff=broken), anybind.get_host().modalities.get("image")]
+    assert anybind.detect(image_files["good"], modalities).name == "image"
+
+
+HUB_CHECK = """
+import anybind
+space = anybind.load_space("clip:tiny-org/tiny-clip", device="cpu")
+print(space.anchor.id)
+print(space.embed("text", ["a dog"]).shape)
+"""
+
+
+def test_hub_checkpoint_is_identified_by_its_snapshot_commit(tiny_clip_dir, tmp_path):
+    """A hub id resolves offline through the HF cache; the fingerprint names the snapshot's commit."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--tiny-org--tiny-clip"
+    shutil.copytree(tiny_clip_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", HUB_CHECK], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [f"clip:tiny-org/tiny-clip@{commit}", "(1,", "16)"]
