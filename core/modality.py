@@ -55,17 +55,28 @@ def describe_item(item: Any, index: int) -> str:
     return f"<item {index}: {type(item).__module__}.{type(item).__qualname__}>"
 
 
-def read_head(path: str | os.PathLike[str], size: int = SNIFF_BYTES) -> bytes:
-    """The first ``size`` bytes of a file, or :class:`DecodeError` naming the file and the reason."""
+def read_file(path: str | os.PathLike[str], max_bytes: int | None = None, head: int | None = None) -> bytes:
+    """A file's bytes (or only its first ``head`` bytes) for a decoder.
+
+    Raises :class:`DecodeError` naming the file for a missing file, a directory, an unreadable file, an
+    empty file, or one over ``max_bytes``. Decoders of file modalities should read through this.
+    """
+    label = os.fspath(path)
     try:
         with open(path, "rb") as handle:
-            return handle.read(size)
+            size = os.fstat(handle.fileno()).st_size
+            if max_bytes is not None and size > max_bytes:
+                raise DecodeError(label, f"file is {size} bytes, over the {max_bytes}-byte limit")
+            data = handle.read(head if head is not None else -1)
     except FileNotFoundError:
-        raise DecodeError(os.fspath(path), "no such file") from None
+        raise DecodeError(label, "no such file") from None
     except IsADirectoryError:
-        raise DecodeError(os.fspath(path), "is a directory, not a file") from None
+        raise DecodeError(label, "is a directory, not a file") from None
     except OSError as exc:
-        raise DecodeError(os.fspath(path), f"cannot read: {exc.strerror or exc}") from None
+        raise DecodeError(label, f"cannot read: {exc.strerror or exc}") from None
+    if not data:
+        raise DecodeError(label, "empty file (0 bytes)")
+    return data
 
 
 def _sniffs(modality: Modality, head: bytes) -> bool:
@@ -83,9 +94,7 @@ def detect(path: str | os.PathLike[str], modalities: Sequence[Modality]) -> Moda
 
     Raises :class:`DecodeError` naming the file when nothing recognises it.
     """
-    head = read_head(path)
-    if not head:
-        raise DecodeError(os.fspath(path), "empty file (0 bytes)")
+    head = read_file(path, head=SNIFF_BYTES)
     ordered = sorted(modalities, key=lambda m: (m.fallback, m.name))
     for modality in ordered:
         if not modality.fallback and _sniffs(modality, head):

@@ -12,11 +12,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from anybind import Modality, hookimpl
 from anybind.errors import DecodeError
+from anybind.modality import read_file
 
 # Magic numbers of the formats Pillow decodes that people search: PNG, JPEG, GIF, BMP, TIFF, WebP.
 MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp")
 WHITE = (255, 255, 255)
+MAX_IMAGE_FILE_BYTES = 512 * 1024 * 1024  # pixel count is limited separately (decompression bombs)
 
 
 def sniff(head: bytes) -> bool:
@@ -39,14 +41,9 @@ def open_image(data: str | os.PathLike[str] | bytes, label: str) -> Image.Image:
     if isinstance(data, (bytes, bytearray, memoryview)):
         if len(data) == 0:
             raise DecodeError(label, "empty input (0 bytes)")
-        source: Any = io.BytesIO(bytes(data))
+        source = io.BytesIO(bytes(data))
     else:
-        try:
-            if os.path.getsize(data) == 0:
-                raise DecodeError(label, "empty file (0 bytes)")
-        except OSError as exc:
-            raise DecodeError(label, f"cannot read: {exc.strerror or exc}") from None
-        source = data
+        source = io.BytesIO(read_file(data, max_bytes=MAX_IMAGE_FILE_BYTES))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -8,6 +8,7 @@ from typing import Any
 
 from anybind import Modality, hookimpl
 from anybind.errors import DecodeError
+from anybind.modality import read_file
 
 MAX_TEXT_FILE_BYTES = 10 * 1024 * 1024
 EXTENSIONS = (".txt", ".md", ".markdown", ".rst")
@@ -32,15 +33,7 @@ def _from_bytes(data: bytes, label: str) -> str:
 
 
 def _read_file(path: PurePath) -> str:
-    label = os.fspath(path)
-    try:
-        size = os.path.getsize(path)
-        if size > MAX_TEXT_FILE_BYTES:
-            raise DecodeError(label, f"text file is {size} bytes, over the {MAX_TEXT_FILE_BYTES}-byte limit")
-        with open(path, "rb") as handle:
-            return _from_bytes(handle.read(), label)
-    except OSError as exc:
-        raise DecodeError(label, f"cannot read: {exc.strerror or exc}") from None
+    return _from_bytes(read_file(path, max_bytes=MAX_TEXT_FILE_BYTES), os.fspath(path))
 
 
 def decode(item: Any) -> str:

@@ -55,8 +55,14 @@ def test_bad_files_raise_decode_errors_naming_the_file(image_files, key, reason)
 
 
 def test_missing_file_is_named():
-    with pytest.raises(DecodeError, match=r"/no/such\.png: cannot read"):
+    with pytest.raises(DecodeError, match=r"/no/such\.png: no such file"):
         decode("/no/such.png")
+
+
+def test_huge_file_is_refused_before_reading(monkeypatch, image_files):
+    monkeypatch.setattr("anybind.plugins.image.MAX_IMAGE_FILE_BYTES", 100)
+    with pytest.raises(DecodeError, match=r"good\.png: file is \d+ bytes, over the 100-byte limit"):
+        decode(image_files["good"])
 
 
 def test_decompression_bomb_is_refused(monkeypatch, image_files):
