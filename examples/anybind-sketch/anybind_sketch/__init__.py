@@ -27,6 +27,7 @@ from PIL import Image
 
 from anybind import Modality, hookimpl
 from anybind.errors import DecodeError
+from anybind.modality import read_file
 
 MAX_SVG_BYTES = 5 * 1024 * 1024
 MAX_EMBEDDED_PIXELS = 4096 * 4096
@@ -143,16 +144,8 @@ def render(data: bytes, label: str) -> Image.Image:
 
 
 def _read(path: str | os.PathLike[str]) -> bytes:
-    """A file's bytes (at most one byte over the cap), or :class:`DecodeError` naming it."""
-    label = os.fspath(path)
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_SVG_BYTES + 1)
-    except OSError as exc:
-        raise DecodeError(label, f"cannot read: {exc.strerror or exc}") from None
-    if not data:
-        raise DecodeError(label, "empty file (0 bytes)")
-    return data
+    """A file's bytes, or :class:`DecodeError` naming it (missing, a directory, empty, over the cap)."""
+    return read_file(path, max_bytes=MAX_SVG_BYTES)
 
 
 def decode(item: Any) -> Image.Image:
