@@ -163,9 +163,10 @@ class PluginHost:
                 continue
             self._register(plugin, info)
         known = {normalise(n) for ep in eps for n in (ep.name, ep.dist.name if ep.dist else "")}
-        for variable, names in ((LOAD_ENV, self.allow or set()), (BLOCK_ENV, self.block)):
+        sources = ((LOAD_ENV, self.allow or set()), (f"{BLOCK_ENV} or -p no:NAME", self.block))
+        for source, names in sources:
             for unknown in sorted(names - known):
-                self.warn(f"{variable} names {unknown!r}, but no installed plugin or distribution has that name")
+                self.warn(f"{source} names {unknown!r}, but no installed plugin or distribution has that name")
 
     def add_plugin(
         self, plugin: object, name: str, distribution: str | None = None, version: str | None = None
