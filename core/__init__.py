@@ -18,9 +18,11 @@ from .errors import (
     DuplicateNameError,
     EmbeddingError,
     ItemError,
+    MetadataError,
     ModelLoadError,
     RegistrationError,
     SpaceError,
+    StoreError,
     UnknownNameError,
 )
 from .hookspecs import hookimpl
@@ -29,6 +31,7 @@ from .plugin_host import PluginHost, PluginInfo, get_host, set_host
 from .space import EmbedResult, Space
 from .space_config import RouteConfig, SpaceConfig
 from .space_loader import load_space
+from .store import Hit, SearchResult, Store
 
 try:
     __version__ = metadata.version("anybind")
@@ -45,16 +48,21 @@ __all__ = [
     "Encoder",
     "EncoderFactory",
     "EncoderOptions",
+    "Hit",
     "ItemError",
+    "MetadataError",
     "Modality",
     "ModelLoadError",
     "PluginHost",
     "PluginInfo",
     "RegistrationError",
     "RouteConfig",
+    "SearchResult",
     "Space",
     "SpaceConfig",
     "SpaceError",
+    "Store",
+    "StoreError",
     "UnknownNameError",
     "__version__",
     "detect",

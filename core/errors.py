@@ -67,3 +67,11 @@ class SpaceError(AnybindError):
 
 class EmbeddingError(AnybindError):
     """An encoder or binding produced unusable vectors (wrong shape, NaN/inf, zero norm)."""
+
+
+class StoreError(AnybindError):
+    """A store directory is missing, unreadable, of another format, locked, or was built with another space."""
+
+
+class MetadataError(AnybindError, ValueError):
+    """Item metadata that cannot be stored (not a dict, not JSON-able, wrong count)."""

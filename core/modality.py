@@ -92,6 +92,8 @@ def _sniffs(modality: Modality, head: bytes) -> bool:
 def detect(path: str | os.PathLike[str], modalities: Sequence[Modality]) -> Modality:
     """The modality of a file: content sniffing first (strong sniffers before fallback ones), extension second.
 
+    A file whose extension belongs to a modality with a content sniffer (``.jpg``) that rejects its content
+    is an error, not a fallback match: a text file named ``notes.jpg`` is a broken image, not a caption.
     Raises :class:`DecodeError` naming the file when nothing recognises it.
     """
     head = read_file(path, head=SNIFF_BYTES)
@@ -100,6 +102,14 @@ def detect(path: str | os.PathLike[str], modalities: Sequence[Modality]) -> Moda
         if not modality.fallback and _sniffs(modality, head):
             return modality
     suffix = Path(path).suffix.lower()
+    claimed = [m for m in ordered if suffix and suffix in m.extensions and m.sniff is not None and not m.fallback]
+    if claimed:  # named as (say) an image, but no image sniffer accepts the content: a broken or mislabelled file
+        looks = next((m.name for m in ordered if m.fallback and _sniffs(m, head)), None)
+        detail = f"; it looks like {looks}" if looks else ""
+        name = claimed[0].name
+        raise DecodeError(
+            os.fspath(path), f"has the {name} extension {suffix} but its content is not {name} data{detail}"
+        )
     for modality in ordered:
         if suffix and suffix in modality.extensions and modality.sniff is None:
             return modality

@@ -58,6 +58,25 @@ class EmbedResult:
         self.errors.append(error)
 
 
+def decode_item(modality: Modality, item: Any, index: int) -> Any:
+    """Decode one input with the modality's plugin; any failure becomes an :class:`ItemError` naming it."""
+    try:
+        return modality.decode(item)
+    except ItemError:
+        raise
+    except Exception as exc:  # a plugin's decoder failing in its own way
+        raise ItemError(describe_item(item, index), f"{type(exc).__name__}: {exc}") from exc
+
+
+def _sorted(result: EmbedResult, blocks: list[np.ndarray]) -> EmbedResult:
+    order = np.argsort(result.failed, kind="stable")
+    result.failed = [result.failed[i] for i in order]
+    result.errors = [result.errors[i] for i in order]
+    if blocks:
+        result.vectors = np.ascontiguousarray(np.concatenate(blocks), dtype=np.float32)
+    return result
+
+
 def _as_items(items: Any) -> Sequence[Any]:
     if isinstance(items, (str, bytes, bytearray, memoryview, os.PathLike)):
         return [items]
@@ -170,28 +189,34 @@ class Space:
         mod, route = self.route(modality)
         seq = _as_items(items)
         batch_size = max(1, self.options.batch_size)
-        blocks: list[np.ndarray] = []
         result = EmbedResult(np.empty((0, self.dim), dtype=np.float32))
+        blocks: list[np.ndarray] = []
         for start in range(0, len(seq), batch_size):
             decoded, positions = [], []
             for index in range(start, min(start + batch_size, len(seq))):
                 try:
-                    decoded.append(mod.decode(seq[index]))
+                    decoded.append(decode_item(mod, seq[index], index))
                     positions.append(index)
                 except ItemError as exc:
                     result.add_error(index, exc)
-                except Exception as exc:  # a plugin's decoder failing in its own way
-                    result.add_error(index, ItemError(describe_item(seq[index], index), f"{type(exc).__name__}: {exc}"))
             if decoded:
                 vectors, kept = self._encode(route, decoded, positions, seq, result)
                 blocks.append(vectors)
                 result.indices.extend(kept)
-        order = np.argsort(result.failed, kind="stable")
-        result.failed = [result.failed[i] for i in order]
-        result.errors = [result.errors[i] for i in order]
-        if blocks:
-            result.vectors = np.ascontiguousarray(np.concatenate(blocks), dtype=np.float32)
-        return result
+        return _sorted(result, blocks)
+
+    def try_encode(self, modality: str, decoded: Sequence[Any], labels: Sequence[Any]) -> EmbedResult:
+        """Encode values already decoded by the modality's plugin (one batch); ``labels`` name them in errors.
+
+        This is the second half of :meth:`try_embed`, for pipelines that decode in worker threads.
+        """
+        _, route = self.route(modality)
+        result = EmbedResult(np.empty((0, self.dim), dtype=np.float32))
+        if not decoded:
+            return result
+        vectors, kept = self._encode(route, list(decoded), list(range(len(decoded))), labels, result)
+        result.indices.extend(kept)
+        return _sorted(result, [vectors])
 
     def _encode(
         self, route: Route, decoded: list[Any], positions: list[int], seq: Sequence[Any], result: EmbedResult

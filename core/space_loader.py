@@ -27,9 +27,11 @@ def resolve_config(spec: str | os.PathLike[str] | SpaceConfig, host: PluginHost,
     if text in host.spaces:
         return resolve_config(host.spaces.get(text), host, depth + 1)
     if ":" in text:
-        name, _ = split_spec(text)
+        name, ref = split_spec(text)
         if name not in host.encoders:
             raise UnknownNameError("encoder", name, host.encoders, host.encoders.hint)
+        if os.path.exists(ref):  # a local checkpoint: keep meaning the same from any working directory
+            text = f"{name}:{os.path.abspath(ref)}"
         return SpaceConfig(anchor=text)
     raise UnknownNameError(
         "space",

@@ -120,11 +120,11 @@ def test_embed_without_modality_sniffs_each_file(capsys, tiny_clip_dir, image_fi
     assert code == 1
     report = json.loads(out)
     assert [(r["item"], r["modality"]) for r in report["results"]] == [
-        (str(image_files["impostor"]), "text"),
         (str(note), "text"),
         (str(image_files["jpeg"]), "image"),
     ]
-    assert report["errors"][0]["item"] == "not-a-file" and "--modality text" in err
+    assert [e["item"] for e in report["errors"]] == [str(image_files["impostor"]), "not-a-file"]
+    assert "content is not image data" in report["errors"][0]["error"] and "--modality text" in err
     # a sniffed text file is embedded by its content, not by its name
     by_item = {r["item"]: np.array(r["vector"]) for r in report["results"]}
     np.testing.assert_allclose(by_item[str(note)], clip_space.embed("text", ["a violin and a piano"])[0], atol=1e-6)

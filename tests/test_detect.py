@@ -12,10 +12,21 @@ def mods(host):
 
 def test_content_wins_over_extension(host, image_files, tmp_path):
     assert detect(image_files["good"], mods(host)).name == "image"
-    assert detect(image_files["impostor"], mods(host)).name == "text"  # text named .jpg
     png_named_txt = tmp_path / "picture.txt"
     png_named_txt.write_bytes(image_files["good"].read_bytes())
     assert detect(png_named_txt, mods(host)).name == "image"
+
+
+def test_text_named_like_an_image_is_an_error_not_text(host, image_files):
+    message = r"notes\.jpg: has the image extension \.jpg but its content is not image data; it looks like text"
+    with pytest.raises(DecodeError, match=message):
+        detect(image_files["impostor"], mods(host))
+
+
+def test_text_without_a_claimed_extension_is_text(host, tmp_path):
+    for name in ("notes.txt", "README", "caption.md"):
+        (tmp_path / name).write_text("a caption about a dog\n")
+        assert detect(tmp_path / name, mods(host)).name == "text"
 
 
 def test_corrupt_image_is_still_an_image(host, image_files):

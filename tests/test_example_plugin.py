@@ -183,7 +183,8 @@ def test_detect_finds_sketches_by_content_not_name(sketch_host: anybind.PluginHo
     assert anybind.detect(disguised, modalities).name == "sketch"
     impostor = tmp_path / "notes.svg"
     impostor.write_text("just some notes\n")
-    assert anybind.detect(impostor, modalities).name == "text"
+    with pytest.raises(anybind.DecodeError, match=r"notes\.svg: has the sketch extension \.svg but its content is not"):
+        anybind.detect(impostor, modalities)
 
 
 # -- safety: no local files, no network ---------------------------------------------------------------------------

@@ -1,0 +1,10 @@
+"""The store: a directory holding one FAISS index per modality partition plus SQLite metadata.
+
+See :class:`anybind.store.store.Store`; the layout and the commit protocol are described in
+``docs/store.md``.
+"""
+
+from .hits import Hit, SearchResult
+from .store import IndexReport, RemoveReport, Store
+
+__all__ = ["Hit", "IndexReport", "RemoveReport", "SearchResult", "Store"]

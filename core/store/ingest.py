@@ -1,0 +1,169 @@
+"""``store.add_files`` / ``anybind index``: walk paths, sniff, decode in worker threads, embed, commit.
+
+Decoding (and hashing) runs in a thread pool a bounded distance ahead of the encoder, so the model is fed
+while the next files are read. Every file that cannot be indexed is reported with its reason and skipped;
+the rest is committed every ``commit_every`` items and at the end (each commit is one generation).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from anybind.errors import ItemError, SpaceError
+from anybind.modality import Modality, detect
+from anybind.space import decode_item
+
+from .metadata import NewItem
+from .walk import walk_files
+
+if TYPE_CHECKING:
+    from .store import IndexReport, Store
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Prepared:
+    path: str
+    modality: str
+    digest: str
+    value: Any = None
+    unchanged: bool = False
+
+
+def _prepare(
+    path: Path,
+    forced: Modality | None,
+    modalities: Sequence[Modality],
+    routed: set[str],
+    known: Mapping[str, str | None],
+) -> Prepared:
+    """Hash, sniff and decode one file (runs in a worker thread). Raises ItemError naming the file."""
+    from .store import file_digest
+
+    label = str(path)
+    try:
+        digest = file_digest(path)
+    except OSError as exc:
+        raise ItemError(label, f"cannot read: {exc.strerror or exc}") from None
+    modality = forced or detect(path, modalities)
+    if modality.name not in routed:
+        embeds = ", ".join(sorted(routed))
+        raise ItemError(label, f"is {modality.name!r}, which this store's space cannot embed (it embeds {embeds})")
+    if known.get(label) == digest:
+        return Prepared(label, modality.name, digest, unchanged=True)
+    return Prepared(label, modality.name, digest, decode_item(modality, path, 0))
+
+
+def index_files(
+    store: Store,
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    recursive: bool = False,
+    modality: str | None = None,
+    metadata: Mapping[str, Any] | Callable[[str], Mapping[str, Any]] | None = None,
+    workers: int | None = None,
+    commit_every: int = 1024,
+    progress: Progress | None = None,
+) -> IndexReport:
+    from .store import IndexReport, _metadata_list
+
+    space = store.space
+    report = IndexReport()
+    files: list[Path] = []
+    for entry in walk_files(paths, recursive=recursive, exclude=[store.path]):
+        if isinstance(entry, ItemError):
+            report.errors.append(entry)
+        else:
+            files.append(entry)
+    routed = set(space.modalities)
+    forced = None
+    if modality is not None:
+        forced, _ = space.route(modality)  # unknown or unroutable: an error for the whole run
+    host_modalities = [e.value for e in space.host.modalities.entries()]
+    batch_size = max(1, space.options.batch_size)
+    workers = workers or min(4, os.cpu_count() or 1)
+    if progress:
+        progress(0, len(files))
+    with store._writing():
+        known_ids: dict[str, list[int]] = {}
+        known: dict[str, str | None] = {}
+        for uri, (digest, ids) in store.db.files([str(f) for f in files], store.generation).items():
+            known[uri], known_ids[uri] = digest, ids
+        pending: dict[str, list[Prepared]] = {}
+        staged: list[NewItem] = []
+        staged_files: list[tuple[str, int]] = []  # (path, number of items) in staging order
+        replacing: list[int] = []
+
+        def commit() -> None:
+            if not staged and not replacing:
+                return
+            ids = iter(store._commit(staged, remove=replacing)["ids"])
+            for path, count in staged_files:
+                report.added[path] = [next(ids) for _ in range(count)]
+                if path in known_ids:
+                    report.replaced.append(path)
+            staged.clear()
+            staged_files.clear()
+            replacing.clear()
+
+        def encode(name: str) -> None:
+            batch = pending.pop(name, [])
+            if not batch:
+                return
+            result = space.try_encode(name, [p.value for p in batch], [p.path for p in batch])
+            report.errors.extend(result.errors)
+            metas = _metadata_list(metadata, [p.path for p in batch])
+            for vector, position in zip(result.vectors, result.indices, strict=True):
+                prepared = batch[position]
+                text = prepared.value if name == "text" and isinstance(prepared.value, str) else None
+                meta, digest = metas[position], prepared.digest
+                staged.append(NewItem(name, vector, uri=prepared.path, text=text, metadata=meta, content_hash=digest))
+                staged_files.append((prepared.path, 1))
+                replacing.extend(known_ids.get(prepared.path, []))
+            if len(staged) >= commit_every:
+                commit()
+
+        done = 0
+        window: deque[Future[Prepared]] = deque()
+        queue = iter(files)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="anybind-decode") as pool:
+            while True:
+                while len(window) < max(2 * batch_size, 4 * workers):
+                    path = next(queue, None)
+                    if path is None:
+                        break
+                    window.append(pool.submit(_prepare, path, forced, host_modalities, routed, known))
+                if not window:
+                    break
+                future = window.popleft()
+                try:
+                    prepared = future.result()
+                except ItemError as exc:
+                    report.errors.append(exc)
+                except Exception as exc:  # pragma: no cover - a bug in a plugin's sniffer
+                    report.errors.append(ItemError("<file>", f"{type(exc).__name__}: {exc}"))
+                else:
+                    if prepared.unchanged:
+                        report.unchanged.append(prepared.path)
+                    else:
+                        pending.setdefault(prepared.modality, []).append(prepared)
+                        if len(pending[prepared.modality]) >= batch_size:
+                            encode(prepared.modality)
+                done += 1
+                if progress:
+                    progress(done, len(files))
+        for name in sorted(pending):
+            encode(name)
+        commit()
+    report.generation = store.generation
+    return report
+
+
+__all__ = ["SpaceError", "index_files"]

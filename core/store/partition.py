@@ -1,0 +1,211 @@
+"""One modality partition: an ``IDMap2`` FAISS index (inner product) plus the score statistics used to
+calibrate its scores when several partitions are fused.
+
+The statistics are the partition's vector count, sum and sum of outer products. For a query ``q`` they give
+the exact mean and standard deviation of ``q . x`` over every item ``x`` of the partition (``q . mean`` and
+``sqrt(q^T Cov q)``), which is what :mod:`anybind.store.fusion` turns into z-scores.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+from safetensors.numpy import load as load_tensors
+from safetensors.numpy import save as save_tensors
+
+from anybind.errors import StoreError
+
+from . import gpu
+from .files import write_atomic
+
+EXACT = "Flat"
+TRAIN_SAMPLE = 262_144  # vectors used to train an index (faiss subsamples further per centroid)
+
+
+def make_index(dim: int, factory: str) -> Any:
+    """An empty ``IDMap2`` over ``index_factory(factory)`` with inner-product metric."""
+    try:
+        inner = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        message = str(exc).strip().splitlines()[-1]
+        raise StoreError(f"index type {factory!r} is not a valid faiss index_factory string ({message})") from None
+    if isinstance(faiss.downcast_index(inner), faiss.IndexIDMap):
+        raise StoreError(f"index type {factory!r}: give the index without IDMap (the store adds IDMap2)")
+    return faiss.IndexIDMap2(inner)
+
+
+def min_train(factory: str) -> int:
+    """Vectors needed before ``factory`` is trained (faiss asks for 39 points per centroid)."""
+    need = 1
+    for nlist in re.findall(r"IVF(\d+)", factory):
+        need = max(need, 39 * int(nlist))
+    for nbits in re.findall(r"PQ\d+(?:x(\d+))?", factory):
+        need = max(need, 39 * 2 ** int(nbits or 8))
+    return need
+
+
+def needs_training(dim: int, factory: str) -> bool:
+    return not make_index(dim, factory).is_trained
+
+
+def search_params(index: Any, params: dict[str, int], selector: Any | None) -> Any:
+    """faiss search parameters of the right type for the partition's inner index."""
+    inner = faiss.downcast_index(index.index)
+    if isinstance(inner, faiss.IndexIVF):
+        return faiss.SearchParametersIVF(sel=selector, nprobe=params.get("nprobe", inner.nprobe))
+    if isinstance(inner, faiss.IndexHNSW):
+        return faiss.SearchParametersHNSW(sel=selector, efSearch=params.get("efSearch", inner.hnsw.efSearch))
+    if selector is None:
+        return None
+    return faiss.SearchParameters(sel=selector)
+
+
+@dataclass
+class Moments:
+    """Count, sum and sum of outer products of a partition's vectors (float64)."""
+
+    count: int
+    total: np.ndarray
+    outer: np.ndarray
+
+    @classmethod
+    def empty(cls, dim: int) -> Moments:
+        return cls(0, np.zeros(dim), np.zeros((dim, dim)))
+
+    def add(self, vectors: np.ndarray, sign: int = 1) -> None:
+        x = vectors.astype(np.float64)
+        self.count += sign * len(x)
+        self.total += sign * x.sum(axis=0)
+        self.outer += sign * (x.T @ x)
+
+    def score_moments(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and standard deviation of ``q . x`` over the partition, for each query row."""
+        q = queries.astype(np.float64)
+        if self.count < 2:
+            return np.zeros(len(q)), np.ones(len(q))
+        mean_vec = self.total / self.count
+        cov = self.outer / self.count - np.outer(mean_vec, mean_vec)
+        var = np.einsum("ij,jk,ik->i", q, cov, q)
+        return q @ mean_vec, np.sqrt(np.clip(var, 1e-12, None))
+
+    def to_bytes(self) -> bytes:
+        return save_tensors(
+            {"count": np.array([self.count], dtype=np.int64), "total": self.total, "outer": self.outer},
+            metadata={"format": "anybind-moments-1"},
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Moments:
+        tensors = load_tensors(data)
+        return cls(int(tensors["count"][0]), tensors["total"], tensors["outer"])
+
+
+class Partition:
+    """A FAISS index of one modality's vectors, with its moments and search parameters."""
+
+    def __init__(self, dim: int, factory: str, built: str, index: Any, moments: Moments, params: dict[str, int]):
+        self.dim = dim
+        self.factory = factory
+        self.built = built
+        self.index = index
+        self.moments = moments
+        self.params = dict(params)
+        self.dirty = False
+        self._gpu: gpu.GpuSearcher | bool | None = False  # False: not tried yet
+
+    @classmethod
+    def new(cls, dim: int, factory: str) -> Partition:
+        built = EXACT if needs_training(dim, factory) else factory
+        return cls(dim, factory, built, make_index(dim, built), Moments.empty(dim), {})
+
+    @classmethod
+    def load(cls, dim: int, factory: str, built: str, params: dict[str, int], index_path: Path, stats_path: Path):
+        try:
+            index = faiss.read_index(str(index_path))
+            moments = Moments.from_bytes(stats_path.read_bytes())
+        except (RuntimeError, OSError, ValueError, KeyError) as exc:
+            raise StoreError(f"{index_path}: cannot read partition: {exc}") from None
+        if index.d != dim:
+            raise StoreError(f"{index_path}: partition is {index.d}-d but the store's space is {dim}-d")
+        return cls(dim, factory, built, index, moments, params)
+
+    @property
+    def count(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def pending_training(self) -> bool:
+        return self.built != self.factory
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        self.index.add_with_ids(vectors, ids)
+        self.moments.add(vectors)
+        self.dirty, self._gpu = True, False
+
+    def remove(self, ids: np.ndarray, vectors: np.ndarray) -> bool:
+        """Remove ids; False if this index type cannot remove (the caller rebuilds the partition)."""
+        self.moments.add(vectors, sign=-1)
+        self.dirty, self._gpu = True, False
+        try:
+            self.index.remove_ids(faiss.IDSelectorBatch(ids))
+        except RuntimeError:  # HNSW and some others do not support removal
+            return False
+        return True
+
+    def rebuild(self, factory: str, blocks: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Rebuild from every (ids, vectors) block; trains ``factory`` if there are enough vectors, else Flat."""
+        ids_list, vec_list = [], []
+        for ids, vectors in blocks:
+            ids_list.append(ids)
+            vec_list.append(vectors)
+        ids = np.concatenate(ids_list) if ids_list else np.empty(0, dtype=np.int64)
+        vectors = np.concatenate(vec_list) if vec_list else np.empty((0, self.dim), dtype=np.float32)
+        built = factory if (not needs_training(self.dim, factory) or len(ids) >= min_train(factory)) else EXACT
+        index = make_index(self.dim, built)
+        if not index.is_trained:
+            sample = vectors
+            if len(vectors) > TRAIN_SAMPLE:
+                pick = np.random.default_rng(0).choice(len(vectors), TRAIN_SAMPLE, replace=False)
+                sample = vectors[np.sort(pick)]
+            inner = faiss.downcast_index(index.index)
+            on_gpu = gpu.clustering_index(self.dim) if isinstance(inner, faiss.IndexIVF) else None
+            if on_gpu is not None:
+                inner.clustering_index = on_gpu
+            index.train(sample)
+            if on_gpu is not None:
+                inner.clustering_index = None
+        if len(ids):
+            index.add_with_ids(vectors, ids)
+        moments = Moments.empty(self.dim)
+        if len(vectors):
+            moments.add(vectors)
+        if built != self.built:
+            self.params = {}
+        self.factory, self.built, self.index, self.moments = factory, built, index, moments
+        self.dirty, self._gpu = True, False
+
+    def search(self, queries: np.ndarray, k: int, selector: Any | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, ids) per query; ids are -1 where fewer than k were found."""
+        k = max(1, min(k, self.count))
+        if self.count == 0:
+            return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
+        if selector is None:
+            if self._gpu is False:
+                self._gpu = gpu.GpuSearcher.try_build(self.index, self.params)
+            if self._gpu:
+                return self._gpu.search(queries, k)  # type: ignore[union-attr]
+        return self.index.search(queries, k, params=search_params(self.index, self.params, selector))
+
+    def save(self, directory: Path, generation: int, name: str) -> tuple[str, str]:
+        """Write the index and its moments for ``generation``; returns their file names."""
+        index_name, stats_name = f"{name}.{generation}.faiss", f"{name}.{generation}.moments.safetensors"
+        write_atomic(directory / index_name, faiss.serialize_index(self.index).tobytes())
+        write_atomic(directory / stats_name, self.moments.to_bytes())
+        self.dirty = False
+        return index_name, stats_name
