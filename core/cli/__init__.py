@@ -14,7 +14,7 @@ import typer
 from anybind.errors import AnybindError
 from anybind.plugin_host import PluginHost, set_host
 
-from . import embed_cmd, plugins_cmd
+from . import embed_cmd, index_cmd, plugins_cmd, search_cmd, store_cmds
 from .common import root_callback
 
 EXIT_ERROR = 2  # also click's status for usage errors
@@ -34,6 +34,9 @@ def build_app() -> typer.Typer:
     app.callback()(root_callback)
     plugins_cmd.register(app)
     embed_cmd.register(app)
+    index_cmd.register(app)
+    search_cmd.register(app)
+    store_cmds.register(app)
     return app
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -56,5 +57,28 @@ SpaceOption = Annotated[
         help="Space: ENCODER:REF (clip:<hub id|dir>, siglip:...), a .toml space file, or a preset name.",
     ),
 ]
+OptionalSpaceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--space",
+        "-s",
+        envvar="ANYBIND_SPACE",
+        help="Space of a new store (ENCODER:REF, .toml file or preset); an existing store uses its own.",
+    ),
+]
+DbOption = Annotated[
+    Path, typer.Option("--db", envvar="ANYBIND_DB", help="Store directory (created by `anybind index`).")
+]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+
+
+def parse_pairs(values: list[str], option: str) -> dict[str, list[str]]:
+    """``KEY=VALUE`` options -> {key: [values]}; a malformed one is a usage error naming the option."""
+    pairs: dict[str, list[str]] = {}
+    for value in values:
+        key, sep, rest = value.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"{value!r}: expected KEY=VALUE", param_hint=option)
+        pairs.setdefault(key.strip(), []).append(rest)
+    return pairs
