@@ -25,8 +25,9 @@ def index(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Items per encoder call.")] = 32,
     device: DeviceOption = "auto",
     index_type: Annotated[
-        str, typer.Option("--index", help="faiss index_factory string for new partitions (Flat, HNSW32, IVF1024,Flat).")
-    ] = "Flat",
+        str | None,
+        typer.Option("--index", help="faiss index_factory string of a new store (Flat, HNSW32, IVF1024,Flat)."),
+    ] = None,
     meta: Annotated[
         list[str], typer.Option("--meta", help="KEY=VALUE stored with every file indexed now (repeatable).")
     ] = [],  # noqa: B006 - typer reads the default

@@ -116,7 +116,7 @@ class Store:
         space: Space | str | None = None,
         *,
         create: bool = True,
-        index: str = "Flat",
+        index: str | None = None,
         device: str = "auto",
         batch_size: int = 32,
         host: PluginHost | None = None,
@@ -125,7 +125,7 @@ class Store:
 
         ``space`` is a loaded :class:`Space` or a spec; it is required to create a store and, when given for an
         existing one, must have the fingerprint the store was built with. Without it the store's recorded
-        space is loaded on first use. ``index`` is the faiss ``index_factory`` string of new partitions.
+        space is loaded on first use. ``index`` is the faiss ``index_factory`` string of a new store (default Flat).
         """
         root = Path(path)
         options = {"device": device, "batch_size": batch_size, "host": host}
@@ -138,6 +138,11 @@ class Store:
                     f"{root} was built with space {manifest.space.name!r} ({manifest.space.fingerprint}), not "
                     f"{space.name!r} ({space.fingerprint}); a store cannot mix spaces (use another --db)"
                 )
+            if index is not None and index != manifest.default_index:
+                raise StoreError(
+                    f"{root} creates {manifest.default_index!r} partitions; to change an existing partition's index "
+                    f"type, run `anybind optimize --db {root} --index {index}` (Store.optimize(index=...))"
+                )
             return cls(root, manifest, space, options)
         if not create:
             raise StoreError(f"{root}: not an anybind store (no manifest.json)")
@@ -147,6 +152,7 @@ class Store:
             raise StoreError(f"{root}: exists and is not a directory")
         if root.exists() and any(p.name not in (LOCK, PARTITIONS, "metadata.sqlite") for p in root.iterdir()):
             raise StoreError(f"{root}: directory is not empty and is not an anybind store; choose a new --db")
+        index = index or "Flat"
         make_index(space.dim, index)  # refuse a bad factory string before creating anything
         (root / PARTITIONS).mkdir(parents=True, exist_ok=True)
         record = SpaceRecord(
@@ -349,6 +355,8 @@ class Store:
             write_manifest(self.path, manifest)
         except BaseException:
             self._cache.clear()  # in-memory partitions may hold half a commit; reload from disk
+            with contextlib.suppress(Exception):
+                self.db.recover(old.generation)  # unstage, so that this writer can go on committing
             raise
         self.manifest = manifest
         self._stamp = self._manifest_stamp()
