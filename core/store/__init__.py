@@ -5,6 +5,7 @@ See :class:`anybind.store.store.Store`; the layout and the commit protocol are d
 """
 
 from .hits import Hit, SearchResult
-from .store import IndexReport, RemoveReport, Store
+from .records import IndexReport, RemoveReport
+from .store import Store
 
 __all__ = ["Hit", "IndexReport", "RemoveReport", "SearchResult", "Store"]

@@ -20,10 +20,11 @@ from anybind.modality import Modality, detect
 from anybind.space import decode_item
 
 from .metadata import NewItem
+from .records import IndexReport, file_digest, metadata_list
 from .walk import walk_files
 
 if TYPE_CHECKING:
-    from .store import IndexReport, Store
+    from .store import Store
 
 Progress = Callable[[int, int], None]
 
@@ -45,8 +46,6 @@ def _prepare(
     known: Mapping[str, str | None],
 ) -> Prepared:
     """Hash, sniff and decode one file (runs in a worker thread). Raises ItemError naming the file."""
-    from .store import file_digest
-
     label = str(path)
     try:
         digest = file_digest(path)
@@ -72,8 +71,6 @@ def index_files(
     commit_every: int = 1024,
     progress: Progress | None = None,
 ) -> IndexReport:
-    from .store import IndexReport, _metadata_list
-
     space = store.space
     report = IndexReport()
     files: list[Path] = []
@@ -119,7 +116,7 @@ def index_files(
                 return
             result = space.try_encode(name, [p.value for p in batch], [p.path for p in batch])
             report.errors.extend(result.errors)
-            metas = _metadata_list(metadata, [p.path for p in batch])
+            metas = metadata_list(metadata, [p.path for p in batch])
             for vector, position in zip(result.vectors, result.indices, strict=True):
                 prepared = batch[position]
                 text = prepared.value if name == "text" and isinstance(prepared.value, str) else None

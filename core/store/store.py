@@ -17,19 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import json
 import os
-import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from anybind.errors import EmbeddingError, ItemError, MetadataError, StoreError, UnknownNameError
+from anybind.errors import EmbeddingError, StoreError
 from anybind.modality import describe_item
 from anybind.plugin_host import PluginHost
 from anybind.space import Space
@@ -41,56 +37,10 @@ from .hits import SearchResult
 from .manifest import Manifest, PartitionRecord, SpaceRecord, now, read_manifest, write_manifest
 from .metadata import MetaDB, NewItem
 from .partition import Partition, make_index, min_train
+from .records import IndexReport, Metadata, RemoveReport, check_name, file_digest, metadata_list
 
 PARTITIONS = "partitions"
 LOCK = "lock"
-NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
-Metadata = Mapping[str, Any] | Sequence[Mapping[str, Any]] | Callable[[Any], Mapping[str, Any]] | None
-
-
-@dataclass
-class IndexReport:
-    """What an ``add``/``add_files`` call did. ``errors`` holds one :class:`ItemError` per input that failed."""
-
-    added: dict[str, list[int]] = field(default_factory=dict)  # input label -> new ids
-    unchanged: list[str] = field(default_factory=list)
-    replaced: list[str] = field(default_factory=list)
-    errors: list[ItemError] = field(default_factory=list)
-    generation: int = 0
-
-    @property
-    def ids(self) -> list[int]:
-        return [i for ids in self.added.values() for i in ids]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "generation": self.generation,
-            "added": [{"item": k, "ids": v} for k, v in self.added.items()],
-            "unchanged": self.unchanged,
-            "replaced": self.replaced,
-            "errors": [{"item": e.source, "error": e.reason} for e in self.errors],
-        }
-
-
-@dataclass
-class RemoveReport:
-    removed: list[int]
-    missing: list[int]
-    generation: int
-
-
-def check_name(modality: str) -> str:
-    if not isinstance(modality, str) or not NAME_RE.match(modality):
-        raise UnknownNameError("modality", str(modality), [], "modality names are lower-case tags such as 'image'")
-    return modality
-
-
-def file_digest(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return "sha256:" + digest.hexdigest()
 
 
 class Store:
@@ -401,7 +351,7 @@ class Store:
         for name, values in (("uris", uris), ("texts", texts), ("segments", segments)):
             if values is not None and len(values) != n:
                 raise EmbeddingError(f"{name} has {len(values)} entries for {n} vectors")
-        metas = _metadata_list(metadata, [None] * n if uris is None else list(uris))
+        metas = metadata_list(metadata, [None] * n if uris is None else list(uris))
         items = []
         for row in range(n):
             segment = segments[row] if segments is not None else None
@@ -426,7 +376,7 @@ class Store:
         Items that fail are in the report's ``errors`` (with the input named); the rest are added.
         """
         seq = [items] if isinstance(items, (str, bytes, os.PathLike)) else list(items)
-        metas = _metadata_list(metadata, seq)
+        metas = metadata_list(metadata, seq)
         result = self.space.try_embed(modality, seq)
         report = IndexReport(errors=list(result.errors))
         new, labels = [], []
@@ -554,25 +504,3 @@ class Store:
         from .tuning import optimize
 
         return optimize(self, modality=modality, index=index, target_recall=target_recall)
-
-
-def _metadata_list(metadata: Metadata, items: Sequence[Any]) -> list[Mapping[str, Any]]:
-    """One metadata dict per item from a dict (shared), a list (one each) or a callable(item)."""
-    if metadata is None:
-        return [{} for _ in items]
-    if callable(metadata):
-        values = [metadata(item) or {} for item in items]
-    elif isinstance(metadata, Mapping):
-        values = [metadata] * len(items)
-    else:
-        values = list(metadata)
-        if len(values) != len(items):
-            raise MetadataError(f"metadata has {len(values)} entries for {len(items)} items")
-    for position, value in enumerate(values):
-        if not isinstance(value, Mapping):
-            raise MetadataError(f"metadata for item {position} is {type(value).__name__}, not a dict")
-        try:
-            json.dumps(dict(value), allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise MetadataError(f"metadata for item {position} cannot be stored as JSON: {exc}") from None
-    return values
