@@ -43,6 +43,11 @@ PARTITIONS = "partitions"
 LOCK = "lock"
 
 
+def _leftover_of_creation(name: str) -> bool:
+    """Files a writer killed while creating a store can leave behind (the next one creates it again)."""
+    return name in (LOCK, PARTITIONS) or name.startswith(("metadata.sqlite", ".manifest.json."))
+
+
 class Store:
     """A persistent, modality-partitioned FAISS store. Open with :meth:`Store.open`; not thread-safe."""
 
@@ -100,7 +105,7 @@ class Store:
             raise StoreError(f"{root}: a new store needs a space (pass space=... or --space)")
         if root.exists() and not root.is_dir():
             raise StoreError(f"{root}: exists and is not a directory")
-        if root.exists() and any(p.name not in (LOCK, PARTITIONS, "metadata.sqlite") for p in root.iterdir()):
+        if root.exists() and not all(_leftover_of_creation(p.name) for p in root.iterdir()):
             raise StoreError(f"{root}: directory is not empty and is not an anybind store; choose a new --db")
         index = index or "Flat"
         make_index(space.dim, index)  # refuse a bad factory string before creating anything
