@@ -77,7 +77,7 @@ def optimize(
     ] = 0.95,
     json_output: JsonOption = False,
 ) -> None:
-    """Rebuild grown partitions as IVF (or --index) and tune search parameters to a target recall."""
+    """Rebuild grown Flat partitions as IVF (or as --index) and tune search parameters to a target recall."""
     with Store.open(db, create=False) as store:
         report = store.optimize(modality=modality, index=index_type, target_recall=target_recall)
     if json_output:
@@ -89,7 +89,8 @@ def optimize(
         else:
             recall = next(v for k, v in entry.items() if k.startswith("recall@"))
             params = ", ".join(f"{k}={v}" for k, v in entry["params"].items()) or "defaults"
-            print(f"{name}: rebuilt as {entry['index']} ({entry['count']} items), {params}, recall@10 {recall:.3f}")
+            verb = "rebuilt as" if entry["action"] == "rebuilt" else "tuned"
+            print(f"{name}: {verb} {entry['index']} ({entry['count']} items), {params}, recall@10 {recall:.3f}")
 
 
 def register(app: typer.Typer) -> None:

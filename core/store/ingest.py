@@ -153,6 +153,10 @@ def index_files(
                         pending.setdefault(prepared.modality, []).append(prepared)
                         if len(pending[prepared.modality]) >= batch_size:
                             encode(prepared.modality)
+                        if len(staged) + sum(map(len, pending.values())) >= commit_every:
+                            for name in sorted(pending):
+                                encode(name)
+                            commit()
                 done += 1
                 if progress:
                     progress(done, len(files))

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from anybind.errors import StoreError
+from anybind.errors import MetadataError, StoreError
 
 DB_NAME = "metadata.sqlite"
 VISIBLE = "added_gen <= :g AND (removed_gen IS NULL OR removed_gen > :g)"
@@ -200,6 +200,11 @@ class MetaDB:
             params[f"p{n}"] = _json_path(str(key))
             options = []
             for v, value in enumerate(values):
+                if not isinstance(value, (str, int, float, bool, type(None))):
+                    raise MetadataError(
+                        f"filter {key!r}: {value!r} is a {type(value).__name__}; filter values are strings, numbers, "
+                        "booleans or None (a list means any of)"
+                    )
                 if value is None:
                     options.append(f"json_type(metadata, :p{n}) = 'null'")
                 else:

@@ -40,9 +40,15 @@ def make_index(dim: int, factory: str) -> Any:
     return faiss.IndexIDMap2(inner)
 
 
-def min_train(factory: str) -> int:
-    """Vectors needed before ``factory`` is trained (faiss asks for 39 points per centroid)."""
-    need = 1
+MIN_TRAIN = 1000  # any trained index (SQ ranges, PCA, OPQ) waits for at least this many vectors
+
+
+def min_train(factory: str, dim: int) -> int:
+    """Vectors needed before ``factory`` is trained: 39 points per IVF list or PQ centroid, and at least
+    max(1000, 2 * dim) for anything that trains at all (scalar-quantiser ranges, PCA)."""
+    if not needs_training(dim, factory):
+        return 1
+    need = max(MIN_TRAIN, 2 * dim)
     for nlist in re.findall(r"IVF(\d+)", factory):
         need = max(need, 39 * int(nlist))
     for nbits in re.findall(r"PQ\d+(?:x(\d+))?", factory):
@@ -149,25 +155,40 @@ class Partition:
         self.dirty, self._gpu = True, False
 
     def remove(self, ids: np.ndarray, vectors: np.ndarray) -> bool:
-        """Remove ids; False if this index type cannot remove (the caller rebuilds the partition)."""
+        """Remove ids; False if this index type cannot remove in place (the caller rebuilds the partition).
+
+        Only a flat inner index is removed in place: IDMap2 compacts its id map assuming the inner index
+        renumbers like Flat does, which IVF does not (its ids would slide), and HNSW cannot remove at all.
+        """
         self.moments.add(vectors, sign=-1)
         self.dirty, self._gpu = True, False
+        if not isinstance(faiss.downcast_index(self.index.index), faiss.IndexFlat):
+            return False
         try:
             self.index.remove_ids(faiss.IDSelectorBatch(ids))
         except RuntimeError:  # HNSW and some others do not support removal
             return False
         return True
 
-    def rebuild(self, factory: str, blocks: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
-        """Rebuild from every (ids, vectors) block; trains ``factory`` if there are enough vectors, else Flat."""
+    def rebuild(self, factory: str, blocks: Iterable[tuple[np.ndarray, np.ndarray]], retrain: bool = False) -> None:
+        """Rebuild from every (ids, vectors) block; trains ``factory`` if there are enough vectors, else Flat.
+
+        An index of the same type that is already trained keeps its training unless ``retrain``.
+        """
         ids_list, vec_list = [], []
         for ids, vectors in blocks:
             ids_list.append(ids)
             vec_list.append(vectors)
         ids = np.concatenate(ids_list) if ids_list else np.empty(0, dtype=np.int64)
         vectors = np.concatenate(vec_list) if vec_list else np.empty((0, self.dim), dtype=np.float32)
-        built = factory if (not needs_training(self.dim, factory) or len(ids) >= min_train(factory)) else EXACT
-        index = make_index(self.dim, built)
+        built = factory if len(ids) >= min_train(factory, self.dim) else EXACT
+        reuse = built == self.built and built != EXACT and self.index.is_trained and not retrain
+        if reuse:  # same trained structure (IVF lists, HNSW parameters): empty a copy and refill it
+            inner = faiss.clone_index(self.index.index)
+            inner.reset()
+            index = faiss.IndexIDMap2(inner)
+        else:
+            index = make_index(self.dim, built)
         if not index.is_trained:
             sample = vectors
             if len(vectors) > TRAIN_SAMPLE:
@@ -177,7 +198,10 @@ class Partition:
             on_gpu = gpu.clustering_index(self.dim) if isinstance(inner, faiss.IndexIVF) else None
             if on_gpu is not None:
                 inner.clustering_index = on_gpu
-            index.train(sample)
+            try:
+                index.train(sample)
+            except RuntimeError as exc:
+                raise StoreError(f"index {built!r} cannot be trained on {len(sample)} vectors: {exc}") from None
             if on_gpu is not None:
                 inner.clustering_index = None
         if len(ids):

@@ -77,7 +77,7 @@ def metadata_list(metadata: Metadata, items: Sequence[Any]) -> list[Mapping[str,
         if not isinstance(value, Mapping):
             raise MetadataError(f"metadata for item {position} is {type(value).__name__}, not a dict")
         try:
-            json.dumps(dict(value), allow_nan=False)
+            json.dumps(dict(value), allow_nan=False, sort_keys=True)  # as stored
         except (TypeError, ValueError) as exc:
             raise MetadataError(f"metadata for item {position} cannot be stored as JSON: {exc}") from None
     return values

@@ -34,7 +34,7 @@ def query_vector(store: Store, inputs: Mapping[str, Any], weights: Mapping[str, 
     total = np.zeros(store.dim, dtype=np.float64)
     for modality, value in inputs.items():
         if modality == "vector":
-            vec = np.asarray(value, dtype=np.float32).reshape(-1)
+            vec = np.asarray(value, dtype=np.float64).reshape(-1)
             if vec.shape != (store.dim,):
                 raise EmbeddingError(f"query vector has shape {vec.shape}; this store needs ({store.dim},)")
             if not np.isfinite(vec).all() or not np.linalg.norm(vec):

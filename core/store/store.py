@@ -185,8 +185,11 @@ class Store:
         if stamp != self._stamp:
             self.manifest = read_manifest(self.path)
             self._stamp = stamp
-            live = {p.file for p in self.manifest.partitions.values()}
-            self._cache = {name: part for name, part in self._cache.items() if name in live}
+            records = {p.file: p for p in self.manifest.partitions.values()}
+            self._cache = {name: part for name, part in self._cache.items() if name in records}
+            for name, part in self._cache.items():  # optimize may retune a partition without rewriting it
+                if part.params != records[name].params:
+                    part.params, part._gpu = dict(records[name].params), False
 
     def partition(self, modality: str) -> Partition | None:
         """The loaded partition of a modality at the current generation (None if the store has none)."""
@@ -294,9 +297,10 @@ class Store:
                 if modality in added and not full:
                     new_ids, vectors = added[modality]
                     part.add(np.asarray(new_ids, dtype=np.int64), np.stack(vectors))
-                    full = part.pending_training and part.count >= min_train(part.factory)
+                    full = part.pending_training and part.count >= min_train(part.factory, self.dim)
                 if full:
-                    part.rebuild(factory, self.db.partition(modality, generation))
+                    retrain = modality in rebuild
+                    part.rebuild(factory, self.db.partition(modality, generation), retrain=retrain)
                 files = part.save(self.path / PARTITIONS, generation, modality)
                 saved[files[0]] = part
                 manifest.partitions[modality] = PartitionRecord(
@@ -345,13 +349,16 @@ class Store:
             array = array[None, :]
         if array.ndim != 2 or array.shape[1] != self.dim:
             raise EmbeddingError(f"vectors for {modality!r} have shape {array.shape}; this store needs (n, {self.dim})")
+        if len(array) == 0:
+            return []
         bad = np.flatnonzero(~np.isfinite(array).all(axis=1))
         if len(bad):
             raise EmbeddingError(f"vector {int(bad[0])} for {modality!r} has NaN or infinite values; nothing added")
-        norms = np.linalg.norm(array, axis=1)
+        wide = array.astype(np.float64)
+        norms = np.linalg.norm(wide, axis=1)
         if (norms == 0).any():
             raise EmbeddingError(f"vector {int(np.argmax(norms == 0))} for {modality!r} is all zeros; nothing added")
-        array = array / norms[:, None]
+        array = (wide / norms[:, None]).astype(np.float32)
         n = len(array)
         for name, values in (("uris", uris), ("texts", texts), ("segments", segments)):
             if values is not None and len(values) != n:
@@ -505,7 +512,8 @@ class Store:
     def optimize(
         self, modality: str | None = None, index: str | None = None, target_recall: float = 0.95
     ) -> dict[str, dict[str, Any]]:
-        """Rebuild grown partitions as IVF (or as ``index``) and tune nprobe/efSearch to ``target_recall``."""
+        """Rebuild grown Flat partitions as IVF (or any partition as ``index``); tune nprobe/efSearch of ANN
+        partitions to the smallest value reaching ``target_recall`` (recall@10 against exact search)."""
         from .tuning import optimize
 
         return optimize(self, modality=modality, index=index, target_recall=target_recall)

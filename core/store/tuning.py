@@ -15,7 +15,7 @@ import numpy as np
 from anybind.errors import StoreError, UnknownNameError
 
 from .manifest import write_manifest
-from .partition import EXACT, Partition
+from .partition import EXACT, Partition, min_train
 
 if TYPE_CHECKING:
     from .store import Store
@@ -104,19 +104,28 @@ def optimize(
         for name in names:
             if name not in store.manifest.partitions:
                 raise UnknownNameError("partition", name, store.modalities)
-            count = store.manifest.partitions[name].count
-            if index is None and count < OPTIMIZE_MIN:
-                report[name] = {
-                    "action": "kept",
-                    "index": store.manifest.partitions[name].built,
-                    "count": count,
-                    "reason": f"under {OPTIMIZE_MIN} items an exact scan is fast enough",
-                }
+            record = store.manifest.partitions[name]
+            count = record.count
+            if index is not None:
+                factory = index
+            elif record.factory != EXACT:  # keep the ANN type the store was asked for; retune it
+                factory = record.factory
+            elif count >= OPTIMIZE_MIN:
+                factory = default_ivf(count)
+            else:
+                reason = f"under {OPTIMIZE_MIN} items an exact scan is fast enough"
+                report[name] = {"action": "kept", "index": record.built, "count": count, "reason": reason}
                 continue
-            factory = index or default_ivf(count)
-            store._commit([], rebuild={name: factory})
+            action = "tuned"
+            if index is not None or record.built != factory:
+                store._commit([], rebuild={name: factory})
+                action = "rebuilt"
             part = store.partition(name)
             assert part is not None
+            if part.built == EXACT:
+                reason = f"{factory} needs {min_train(factory, store.dim)} vectors to train"
+                report[name] = {"action": "kept", "index": EXACT, "count": count, "reason": reason}
+                continue
             k = min(10, part.count)
             queries = _sample(store, name, 200, seed=1)
             truth = exact_top_k(store, name, queries, k)
@@ -127,7 +136,7 @@ def optimize(
             write_manifest(store.path, manifest)
             store.manifest, store._stamp = manifest, store._manifest_stamp()
             report[name] = {
-                "action": "rebuilt",
+                "action": action,
                 "index": part.built,
                 "requested_index": factory,
                 "count": count,
