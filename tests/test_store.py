@@ -441,7 +441,9 @@ def test_a_modified_file_replaces_its_old_item(store, pictures, picture_ids):
     assert old_id not in hits.ids()
     assert old_id not in store.db.rows([old_id, new_id], store.generation)
     assert new_id in store.db.rows([old_id, new_id], store.generation)
-    store.add_vectors("image", unit_vectors(1, seed=0))  # the next write purges rows removed before it
+    store.add_vectors("image", unit_vectors(1, seed=0))  # a reader one generation behind may still need it
+    assert old_id in raw_rows(store)
+    store.add_vectors("image", unit_vectors(1, seed=1))  # purged once two generations have passed
     assert old_id not in raw_rows(store)
 
 
@@ -801,3 +803,87 @@ def test_staged_rows_are_invisible_and_dropped_by_the_next_write(store):
     assert all(uri != "staged://ghost" for uri, *_ in rows.values())
     assert rows[ids[0]][2] is None  # the staged removal was undone
     assert sorted(store.search(vector=q, k=10).ids()) == [*ids, *new]
+
+
+# -- regressions found in review ---------------------------------------------------------------------------
+
+
+def test_interrupt_after_the_manifest_rename_keeps_the_commit(store, monkeypatch):
+    from anybind.store import manifest as manifest_module
+
+    store.add_vectors("image", unit_vectors(5, seed=1))
+    real = manifest_module.write_atomic
+
+    def interrupted(path, data):
+        real(path, data)
+        raise KeyboardInterrupt  # e.g. Ctrl-C while the directory is fsynced
+
+    monkeypatch.setattr(manifest_module, "write_atomic", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.add_vectors("image", unit_vectors(3, seed=2))
+    monkeypatch.undo()
+    reopened = anybind.Store.open(store.path)
+    visible = reopened.db.counts(reopened.generation)
+    assert reopened.generation == 2 and len(reopened) == 8 == visible["image"]
+    assert sorted(reopened.search(vector=unit_vectors(1, seed=3)[0], k=20).ids()) == list(range(1, 9))
+    store.add_vectors("image", unit_vectors(1, seed=4))  # the interrupted writer goes on from generation 2
+    assert anybind.Store.open(store.path).db.counts(3)["image"] == 9
+
+
+def test_same_target_twice_does_not_duplicate_hits(store):
+    store.add_vectors("image", unit_vectors(6, seed=1))
+    hits = store.search(vector=unit_vectors(1, seed=2)[0], to=["image", "image"], k=4)
+    assert len(set(hits.ids())) == 4
+    with pytest.raises(anybind.UnknownNameError):
+        store.search(vector=unit_vectors(1, seed=2)[0], to=[], k=4)
+
+
+def test_filters_compare_json_types(store):
+    ids = store.add_vectors(
+        "image", unit_vectors(4, seed=1), metadata=[{"flag": 1}, {"flag": True}, {"flag": "1"}, {"flag": 1.0}]
+    )
+    q = unit_vectors(1, seed=2)[0]
+    assert sorted(store.search(vector=q, k=10, where={"flag": True}).ids()) == [ids[1]]
+    assert sorted(store.search(vector=q, k=10, where={"flag": 1}).ids()) == [ids[0], ids[3]]
+    assert sorted(store.search(vector=q, k=10, where={"flag": "1"}).ids()) == [ids[2]]
+    with pytest.raises(anybind.MetadataError, match="cannot contain"):
+        store.search(vector=q, where={'a"b': 1})
+    with pytest.raises(anybind.MetadataError, match="64-bit"):
+        store.search(vector=q, where={"flag": 2**70})
+
+
+def test_ivf_with_few_probes_still_returns_k_hits(tmp_path, clip_space):
+    store = open_store(tmp_path / "db", clip_space, index="IVF16,Flat")
+    store.add_vectors("image", unit_vectors(1200, seed=5))
+    store.partition("image").params = {"nprobe": 1}
+    assert len(store.search(vector=unit_vectors(1, seed=6)[0], k=1000)) == 1000
+
+
+def test_optimize_tunes_an_ivf_inside_a_pretransform(tmp_path, clip_space):
+    store = open_store(tmp_path / "db", clip_space)
+    store.add_vectors("image", unit_vectors(3000, seed=7))
+    report = store.optimize(index="PCA16,IVF32,Flat", target_recall=0.95)["image"]
+    assert report["index"] == "PCA16,IVF32,Flat" and "nprobe" in report["params"] and report["target_met"]
+    reopened = anybind.Store.open(tmp_path / "db")
+    from anybind.store.partition import ann_structure
+
+    assert ann_structure(reopened.partition("image").index)[1].nprobe == report["params"]["nprobe"]
+
+
+def test_bad_argument_types_are_typed_errors(store):
+    store.add_vectors("image", unit_vectors(3, seed=1))
+    q = unit_vectors(1, seed=2)[0]
+    assert len(store.search(vector=q, k=np.int64(2))) == 2
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        store.search(vector=q, k=True)
+    with pytest.raises(anybind.EmbeddingError, match="not numeric"):
+        store.search(vector=["a"] * DIM)
+    with pytest.raises(anybind.StoreError, match="integers"):
+        store.remove(["x"])
+    with pytest.raises(anybind.StoreError, match="out of range"):
+        store.remove([2**70])
+    with pytest.raises(anybind.MetadataError, match=r"texts\[0\]"):
+        store.add_vectors("image", unit_vectors(1, seed=3), texts=[5])
+    with pytest.raises(anybind.MetadataError, match=r"segments\[0\]"):
+        store.add_vectors("image", unit_vectors(1, seed=3), segments=[(1,)])
+    assert len(store) == 3 and store.generation == 1

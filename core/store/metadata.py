@@ -8,6 +8,7 @@ filter by the manifest's generation) cannot see them, and a crashed writer's row
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -71,8 +72,26 @@ class NewItem:
     content_hash: str | None = None
 
 
+INT64 = 2**63
+
+
 def _json_path(key: str) -> str:
-    return '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if '"' in key or not key:
+        raise MetadataError(f"filter key {key!r}: keys must be non-empty and cannot contain '\"'")
+    return '$."' + key + '"'
+
+
+def _condition(path: str, slot: str, value: Any) -> str:
+    """SQL matching one filter value with its JSON type: true is not 1, and "1" is not 1."""
+    if value is None:
+        return f"json_type(metadata, {path}) = 'null'"
+    if isinstance(value, bool):
+        return f"json_type(metadata, {path}) = '{'true' if value else 'false'}'"
+    if isinstance(value, (int, float)):
+        if isinstance(value, int) and not -INT64 <= value < INT64:
+            raise MetadataError(f"filter value {value} does not fit a 64-bit integer")
+        return f"(json_type(metadata, {path}) IN ('integer', 'real') AND json_extract(metadata, {path}) = {slot})"
+    return f"(json_type(metadata, {path}) = 'text' AND json_extract(metadata, {path}) = {slot})"
 
 
 class MetaDB:
@@ -98,12 +117,25 @@ class MetaDB:
     # -- writes (the caller holds the store's write lock) ---------------------------------------------
 
     def recover(self, generation: int) -> int:
-        """Drop what a crashed writer staged after ``generation``, and rows removed at or before it."""
+        """Drop what a crashed writer staged after ``generation``, and rows removed before it."""
         with self.transaction():
             staged = self.conn.execute("DELETE FROM items WHERE added_gen > ?", (generation,)).rowcount
             self.conn.execute("UPDATE items SET removed_gen = NULL WHERE removed_gen > ?", (generation,))
-            self.conn.execute("DELETE FROM items WHERE removed_gen <= ?", (generation,))
+            # rows removed at `generation` stay one more generation, for readers still on the one before
+            self.conn.execute("DELETE FROM items WHERE removed_gen < ?", (generation,))
         return staged
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """A read transaction: every query inside sees the same database state (WAL snapshot)."""
+        if self.conn.in_transaction:
+            yield
+            return
+        self.conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self.conn.execute("COMMIT")
 
     def transaction(self) -> sqlite3.Connection:
         """``with db.transaction():`` commits on success and rolls back on any exception."""
@@ -168,8 +200,8 @@ class MetaDB:
         return found
 
     def vectors(self, ids: Sequence[int], dim: int) -> np.ndarray:
-        """Stored vectors of ``ids`` in the given order (ids must exist)."""
-        out = np.empty((len(ids), dim), dtype=np.float32)
+        """Stored vectors of ``ids`` in the given order; rows of ids that no longer exist are NaN."""
+        out = np.full((len(ids), dim), np.nan, dtype=np.float32)
         position = {item_id: n for n, item_id in enumerate(ids)}
         for chunk in _chunks(list(ids)):
             marks = ",".join("?" * len(chunk))
@@ -205,11 +237,9 @@ class MetaDB:
                         f"filter {key!r}: {value!r} is a {type(value).__name__}; filter values are strings, numbers, "
                         "booleans or None (a list means any of)"
                     )
-                if value is None:
-                    options.append(f"json_type(metadata, :p{n}) = 'null'")
-                else:
+                if not isinstance(value, bool) and value is not None:
                     params[f"v{n}_{v}"] = value
-                    options.append(f"json_extract(metadata, :p{n}) = :v{n}_{v}")
+                options.append(_condition(f":p{n}", f":v{n}_{v}", value))
             clauses.append("(" + " OR ".join(options or ["0"]) + ")")
         query = f"SELECT id FROM items WHERE modality = :m AND {VISIBLE} AND " + " AND ".join(clauses or ["1"])
         return np.fromiter((r[0] for r in self.conn.execute(query, params)), dtype=np.int64)

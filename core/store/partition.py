@@ -60,16 +60,36 @@ def needs_training(dim: int, factory: str) -> bool:
     return not make_index(dim, factory).is_trained
 
 
+UNSUPPORTED = object()  # search_params: this composite index cannot take a selector; search exactly instead
+
+
+def ann_structure(index: Any) -> tuple[str, Any] | None:
+    """``("nprobe", ivf)`` or ``("efSearch", hnsw)`` for the ANN structure inside a partition (also under PCA,
+    OPQ or refinement wrappers), or None for exact indexes."""
+    inner = faiss.downcast_index(index.index)
+    try:
+        return "nprobe", faiss.extract_index_ivf(inner)
+    except RuntimeError:
+        pass
+    if isinstance(inner, faiss.IndexPreTransform):
+        inner = faiss.downcast_index(inner.index)
+    if isinstance(inner, faiss.IndexHNSW):
+        return "efSearch", inner
+    return None
+
+
 def search_params(index: Any, params: dict[str, int], selector: Any | None) -> Any:
-    """faiss search parameters of the right type for the partition's inner index."""
+    """faiss search parameters for a filtered search (None without a filter: the index's own settings apply)."""
+    if selector is None:
+        return None
     inner = faiss.downcast_index(index.index)
     if isinstance(inner, faiss.IndexIVF):
         return faiss.SearchParametersIVF(sel=selector, nprobe=params.get("nprobe", inner.nprobe))
     if isinstance(inner, faiss.IndexHNSW):
         return faiss.SearchParametersHNSW(sel=selector, efSearch=params.get("efSearch", inner.hnsw.efSearch))
-    if selector is None:
-        return None
-    return faiss.SearchParameters(sel=selector)
+    if isinstance(inner, faiss.IndexFlat):
+        return faiss.SearchParameters(sel=selector)
+    return UNSUPPORTED
 
 
 @dataclass
@@ -121,9 +141,27 @@ class Partition:
         self.built = built
         self.index = index
         self.moments = moments
-        self.params = dict(params)
-        self.dirty = False
         self._gpu: gpu.GpuSearcher | bool | None = False  # False: not tried yet
+        self._params: dict[str, int] = {}
+        self.params = params
+        self.dirty = False
+
+    @property
+    def params(self) -> dict[str, int]:
+        """Search-time parameters (``nprobe`` for IVF, ``efSearch`` for HNSW), applied to the index when set."""
+        return dict(self._params)
+
+    @params.setter
+    def params(self, value: dict[str, int]) -> None:
+        self._params = dict(value)
+        self._gpu = False  # a GPU copy carries its own nprobe: rebuild it with the new one
+        found = ann_structure(self.index)
+        if found is not None and found[0] in self._params:
+            key, structure = found
+            if key == "nprobe":
+                structure.nprobe = int(self._params[key])
+            else:
+                structure.hnsw.efSearch = int(self._params[key])
 
     @classmethod
     def new(cls, dim: int, factory: str) -> Partition:
@@ -209,22 +247,41 @@ class Partition:
         moments = Moments.empty(self.dim)
         if len(vectors):
             moments.add(vectors)
-        if built != self.built:
-            self.params = {}
+        keep = self._params if built == self.built else {}
         self.factory, self.built, self.index, self.moments = factory, built, index, moments
-        self.dirty, self._gpu = True, False
+        self.params = keep
+        self.dirty = True
 
     def search(self, queries: np.ndarray, k: int, selector: Any | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, ids) per query; ids are -1 where fewer than k were found."""
         k = max(1, min(k, self.count))
         if self.count == 0:
             return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
-        if selector is None:
-            if self._gpu is False:
-                self._gpu = gpu.GpuSearcher.try_build(self.index, self.params)
-            if self._gpu:
-                return self._gpu.search(queries, k)  # type: ignore[union-attr]
-        return self.index.search(queries, k, params=search_params(self.index, self.params, selector))
+        if selector is not None:
+            params = search_params(self.index, self._params, selector)
+            if params is UNSUPPORTED:
+                raise NotImplementedError("this index type cannot filter inside the search")
+            return self.index.search(queries, k, params=params)
+        if self._gpu is False:
+            self._gpu = gpu.GpuSearcher.try_build(self.index, self._params)
+        scores, ids = self._gpu.search(queries, k) if self._gpu else self.index.search(queries, k)  # type: ignore[union-attr]
+        found = ann_structure(self.index)
+        if found is not None and found[0] == "nprobe" and (ids < 0).any():
+            scores, ids = self._search_wider(found[1], queries, k)  # the probed lists held fewer than k items
+        return scores, ids
+
+    def _search_wider(self, ivf: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Search again, probing 4x more lists each time, until k hits come back or every list is probed."""
+        nprobe, original = ivf.nprobe, ivf.nprobe
+        try:
+            while True:
+                nprobe = min(ivf.nlist, nprobe * 4)
+                ivf.nprobe = nprobe
+                scores, ids = self.index.search(queries, k)
+                if not (ids < 0).any() or nprobe >= ivf.nlist:
+                    return scores, ids
+        finally:
+            ivf.nprobe = original
 
     def save(self, directory: Path, generation: int, name: str) -> tuple[str, str]:
         """Write the index and its moments for ``generation``; returns their file names."""

@@ -10,6 +10,7 @@ of over the returned list.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +35,10 @@ def query_vector(store: Store, inputs: Mapping[str, Any], weights: Mapping[str, 
     total = np.zeros(store.dim, dtype=np.float64)
     for modality, value in inputs.items():
         if modality == "vector":
-            vec = np.asarray(value, dtype=np.float64).reshape(-1)
+            try:
+                vec = np.asarray(value, dtype=np.float64).reshape(-1)
+            except (TypeError, ValueError) as exc:
+                raise EmbeddingError(f"query vector is not numeric: {exc}") from None
             if vec.shape != (store.dim,):
                 raise EmbeddingError(f"query vector has shape {vec.shape}; this store needs ({store.dim},)")
             if not np.isfinite(vec).all() or not np.linalg.norm(vec):
@@ -52,8 +56,11 @@ def query_vector(store: Store, inputs: Mapping[str, Any], weights: Mapping[str, 
 def targets(store: Store, to: str | Sequence[str] | None) -> list[str]:
     if to is None:
         return store.modalities
-    names = [t.strip() for t in to.split(",")] if isinstance(to, str) else list(to)
-    known = set(store.manifest.partitions) | set(store.space.host.modalities) if names else set()
+    names = [t.strip() for t in to.split(",")] if isinstance(to, str) else [str(t) for t in to]
+    names = list(dict.fromkeys(names))  # the same partition twice would duplicate its hits
+    if not names or "" in names:
+        raise UnknownNameError("modality", ",".join(names), store.modalities, "give target partitions in to=")
+    known = set(store.manifest.partitions) | set(store.space.host.modalities)
     for name in names:
         if name not in known:
             raise UnknownNameError("modality", name, store.modalities, "the store's partitions are listed")
@@ -63,6 +70,8 @@ def targets(store: Store, to: str | Sequence[str] | None) -> list[str]:
 def _exact(store: Store, q: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     vectors = store.db.vectors(ids.tolist(), store.dim)
     scores = vectors @ q[0]
+    present = ~np.isnan(scores)  # rows a writer purged since this generation was read
+    scores, ids = scores[present], ids[present]
     order = np.argsort(-scores, kind="stable")[:k]
     return scores[order], ids[order]
 
@@ -84,7 +93,10 @@ def search_partition(
         exact = True
     else:
         selector = faiss.IDSelectorBatch(allowed) if allowed is not None else None
-        found_scores, found_ids = part.search(q, want, selector)
+        try:
+            found_scores, found_ids = part.search(q, want, selector)
+        except NotImplementedError:  # a composite index that cannot filter: the exact path below
+            found_scores, found_ids = np.empty((1, 0), np.float32), np.empty((1, 0), np.int64)
         keep = found_ids[0] >= 0
         scores, ids = found_scores[0][keep], found_ids[0][keep]
         if allowed is not None and len(ids) < min(want, len(allowed)):  # the ANN walk missed some: go exact
@@ -106,10 +118,25 @@ def run_search(
     where: Mapping[str, Any] | None,
     rerank: int | None,
 ) -> SearchResult:
-    if not isinstance(k, int) or k < 1:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
+    if rerank is not None and (isinstance(rerank, bool) or not isinstance(rerank, numbers.Integral) or rerank < 1):
+        raise ValueError(f"rerank must be a positive integer, got {rerank!r}")
+    k = int(k)
     store.refresh()
     q = query_vector(store, inputs, weights)
+    with store.db.snapshot():  # every row lookup of this search reads the same SQLite snapshot
+        return _search(store, q, to, k, where, rerank)
+
+
+def _search(
+    store: Store,
+    q: np.ndarray,
+    to: str | Sequence[str] | None,
+    k: int,
+    where: Mapping[str, Any] | None,
+    rerank: int | None,
+) -> SearchResult:
     found: list[tuple[float, float, int, str]] = []
     partitions: dict[str, PartitionScores] = {}
     for name in targets(store, to):

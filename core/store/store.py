@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import operator
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from anybind.errors import EmbeddingError, StoreError
+from anybind.errors import EmbeddingError, MetadataError, StoreError
 from anybind.modality import describe_item
 from anybind.plugin_host import PluginHost
 from anybind.space import Space
@@ -41,6 +42,14 @@ from .records import IndexReport, Metadata, RemoveReport, check_name, file_diges
 
 PARTITIONS = "partitions"
 LOCK = "lock"
+
+
+def _is_segment(value: Any) -> bool:
+    try:
+        start, end = (float(v) for v in value)
+    except (TypeError, ValueError):
+        return False
+    return bool(np.isfinite([start, end]).all()) and 0 <= start <= end
 
 
 def _leftover_of_creation(name: str) -> bool:
@@ -107,8 +116,7 @@ class Store:
             raise StoreError(f"{root}: exists and is not a directory")
         if root.exists() and not all(_leftover_of_creation(p.name) for p in root.iterdir()):
             raise StoreError(f"{root}: directory is not empty and is not an anybind store; choose a new --db")
-        index = index or "Flat"
-        make_index(space.dim, index)  # refuse a bad factory string before creating anything
+        make_index(space.dim, index or "Flat")  # refuse a bad factory string before creating anything
         (root / PARTITIONS).mkdir(parents=True, exist_ok=True)
         record = SpaceRecord(
             spec=space.name,
@@ -118,12 +126,12 @@ class Store:
             dim=space.dim,
             describe=space.describe(),
         )
-        store = cls(root, Manifest(space=record, default_index=index), space, options)
+        store = cls(root, Manifest(space=record, default_index=index or "Flat"), space, options)
         with store._writing():
             if not (root / "manifest.json").exists():
                 write_manifest(root, store.manifest)
-        store.manifest = read_manifest(root)
-        return store
+        store.close()
+        return cls.open(root, space, create=False, index=index, device=device, batch_size=batch_size, host=host)
 
     def close(self) -> None:
         self.db.close()
@@ -312,17 +320,32 @@ class Store:
                     params=part.params,
                 )
             write_manifest(self.path, manifest)
-        except BaseException:
-            self._cache.clear()  # in-memory partitions may hold half a commit; reload from disk
-            with contextlib.suppress(Exception):
-                self.db.recover(old.generation)  # unstage, so that this writer can go on committing
+        except BaseException as exc:
+            if self._generation_on_disk() != generation:  # not committed: undo, so this writer can go on
+                self._cache.clear()  # in-memory partitions may hold half a commit; reload from disk
+                with contextlib.suppress(Exception):
+                    self.db.recover(old.generation)
+                if isinstance(exc, OSError):
+                    raise StoreError(f"{self.path}: commit failed, the store is unchanged: {exc}") from exc
+                raise
+            self._adopt(manifest, saved)  # the manifest rename happened: generation g+1 is the store now
             raise
+        self._adopt(manifest, saved)
+        return {"ids": ids, "removed": removed}
+
+    def _generation_on_disk(self) -> int | None:
+        try:
+            return read_manifest(self.path).generation
+        except StoreError:
+            return None
+
+    def _adopt(self, manifest: Manifest, saved: dict[str, Partition]) -> None:
         self.manifest = manifest
         self._stamp = self._manifest_stamp()
         live = {p.file for p in manifest.partitions.values()}
         self._cache = {name: part for name, part in self._cache.items() if name in live} | saved
-        self._collect_garbage()
-        return {"ids": ids, "removed": removed}
+        with contextlib.suppress(OSError):
+            self._collect_garbage()
 
     # -- writing ---------------------------------------------------------------------------------------
 
@@ -363,6 +386,13 @@ class Store:
         for name, values in (("uris", uris), ("texts", texts), ("segments", segments)):
             if values is not None and len(values) != n:
                 raise EmbeddingError(f"{name} has {len(values)} entries for {n} vectors")
+        for row in range(n):
+            text = texts[row] if texts is not None else None
+            segment = segments[row] if segments is not None else None
+            if text is not None and not isinstance(text, str):
+                raise MetadataError(f"texts[{row}] is a {type(text).__name__}, not a string")
+            if segment is not None and not _is_segment(segment):
+                raise MetadataError(f"segments[{row}] is {segment!r}; give (start, end) seconds with 0 <= start <= end")
         metas = metadata_list(metadata, [None] * n if uris is None else list(uris))
         items = []
         for row in range(n):
@@ -394,9 +424,9 @@ class Store:
         new, labels = [], []
         for vector, position in zip(result.vectors, result.indices, strict=True):
             item = seq[position]
-            uri = os.path.abspath(item) if isinstance(item, os.PathLike) else None
+            uri = os.path.realpath(item) if isinstance(item, os.PathLike) else None
             if isinstance(item, str) and modality != "text":
-                uri = os.path.abspath(item)
+                uri = os.path.realpath(item)
             text = item if isinstance(item, str) and uri is None else None
             digest = file_digest(uri) if uri and os.path.isfile(uri) else None
             new.append(NewItem(modality, vector, uri=uri, text=text, metadata=metas[position], content_hash=digest))
@@ -422,7 +452,13 @@ class Store:
 
     def remove(self, ids: Iterable[int]) -> RemoveReport:
         """Remove items by id in one commit; ids that are not in the store are reported as ``missing``."""
-        wanted = sorted({int(i) for i in ids})
+        try:
+            wanted = sorted({operator.index(i) for i in ids})
+        except TypeError as exc:
+            raise StoreError(f"item ids are integers: {exc}") from None
+        out_of_range = [i for i in wanted if not 0 < i < 2**63]
+        if out_of_range:
+            raise StoreError(f"item id {out_of_range[0]} is out of range (ids are positive 64-bit integers)")
         if not wanted:
             return RemoveReport([], [], self.generation)
         with self._writing():

@@ -9,13 +9,12 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-import faiss
 import numpy as np
 
 from anybind.errors import StoreError, UnknownNameError
 
 from .manifest import write_manifest
-from .partition import EXACT, Partition, min_train
+from .partition import EXACT, Partition, ann_structure, min_train
 
 if TYPE_CHECKING:
     from .store import Store
@@ -74,13 +73,13 @@ def default_ivf(count: int) -> str:
 
 def tune(part: Partition, queries: np.ndarray, truth: np.ndarray, k: int, target: float) -> tuple[dict, float]:
     """The cheapest nprobe / efSearch that reaches ``target`` recall@k (or the best one tried)."""
-    inner = faiss.downcast_index(part.index.index)
-    if isinstance(inner, faiss.IndexIVF):
-        key, values = "nprobe", [v for v in NPROBES if v <= inner.nlist] or [inner.nlist]
-    elif isinstance(inner, faiss.IndexHNSW):
-        key, values = "efSearch", list(EF_SEARCH)
-    else:
+    found = ann_structure(part.index)
+    if found is None:
         return {}, recall(part, queries, truth, k)
+    key, structure = found
+    values = list(EF_SEARCH)
+    if key == "nprobe":
+        values = [v for v in NPROBES if v < structure.nlist] + [structure.nlist]
     best: tuple[dict, float] = ({}, -1.0)
     for value in values:
         part.params = {key: value}
@@ -142,5 +141,6 @@ def optimize(
                 "count": count,
                 "params": params,
                 f"recall@{k}": round(measured, 4),
+                "target_met": measured >= target_recall,
             }
     return report
