@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from anybind.errors import ItemError, SpaceError
+from anybind.errors import ItemError
 from anybind.modality import Modality, detect
 from anybind.space import decode_item
 
@@ -165,6 +165,3 @@ def index_files(
         commit()
     report.generation = store.generation
     return report
-
-
-__all__ = ["SpaceError", "index_files"]

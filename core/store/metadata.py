@@ -97,16 +97,13 @@ def _condition(path: str, slot: str, value: Any) -> str:
 class MetaDB:
     """The metadata database of one store directory."""
 
-    def __init__(self, directory: Path, readonly: bool = False) -> None:
+    def __init__(self, directory: Path) -> None:
         path = directory / DB_NAME
         try:
-            if readonly:
-                self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
-            else:
-                self.conn = sqlite3.connect(path, isolation_level=None)
-                self.conn.execute("PRAGMA journal_mode=WAL")
-                self.conn.execute("PRAGMA synchronous=FULL")
-                self.conn.executescript(SCHEMA)
+            self.conn = sqlite3.connect(path, isolation_level=None)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=FULL")
+            self.conn.executescript(SCHEMA)
             self.conn.execute("PRAGMA busy_timeout=30000")
         except sqlite3.Error as exc:
             raise StoreError(f"{path}: cannot open the metadata database: {exc}") from None

@@ -144,7 +144,6 @@ class Partition:
         self._gpu: gpu.GpuSearcher | bool | None = False  # False: not tried yet
         self._params: dict[str, int] = {}
         self.params = params
-        self.dirty = False
 
     @property
     def params(self) -> dict[str, int]:
@@ -190,7 +189,7 @@ class Partition:
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         self.index.add_with_ids(vectors, ids)
         self.moments.add(vectors)
-        self.dirty, self._gpu = True, False
+        self._gpu = False
 
     def remove(self, ids: np.ndarray, vectors: np.ndarray) -> bool:
         """Remove ids; False if this index type cannot remove in place (the caller rebuilds the partition).
@@ -199,7 +198,7 @@ class Partition:
         renumbers like Flat does, which IVF does not (its ids would slide), and HNSW cannot remove at all.
         """
         self.moments.add(vectors, sign=-1)
-        self.dirty, self._gpu = True, False
+        self._gpu = False
         if not isinstance(faiss.downcast_index(self.index.index), faiss.IndexFlat):
             return False
         try:
@@ -250,7 +249,6 @@ class Partition:
         keep = self._params if built == self.built else {}
         self.factory, self.built, self.index, self.moments = factory, built, index, moments
         self.params = keep
-        self.dirty = True
 
     def search(self, queries: np.ndarray, k: int, selector: Any | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, ids) per query; ids are -1 where fewer than k were found."""
@@ -288,5 +286,4 @@ class Partition:
         index_name, stats_name = f"{name}.{generation}.faiss", f"{name}.{generation}.moments.safetensors"
         write_atomic(directory / index_name, faiss.serialize_index(self.index).tobytes())
         write_atomic(directory / stats_name, self.moments.to_bytes())
-        self.dirty = False
         return index_name, stats_name

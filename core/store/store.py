@@ -68,7 +68,6 @@ class Store:
         self.db = MetaDB(path)
         self._cache: dict[str, Partition] = {}  # partition file name -> loaded partition
         self._stamp = self._manifest_stamp()
-        self._lock_fd: int | None = None
         self._lock_depth = 0
 
     # -- opening ---------------------------------------------------------------------------------------
@@ -248,7 +247,7 @@ class Store:
                         f"{self.path}: another process is writing to this store (waited {timeout:.0f}s)"
                     ) from None
                 time.sleep(0.05)
-        self._lock_fd, self._lock_depth = fd, 1
+        self._lock_depth = 1
         try:
             if (self.path / "manifest.json").exists():
                 self._stamp = (0, 0)
@@ -258,7 +257,6 @@ class Store:
             yield
         finally:
             self._lock_depth = 0
-            self._lock_fd = None
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
