@@ -887,3 +887,13 @@ def test_bad_argument_types_are_typed_errors(store):
     with pytest.raises(anybind.MetadataError, match=r"segments\[0\]"):
         store.add_vectors("image", unit_vectors(1, seed=3), segments=[(1,)])
     assert len(store) == 3 and store.generation == 1
+
+
+def test_vector_search_does_not_load_the_space(tmp_path, clip_space, monkeypatch):
+    store = open_store(tmp_path / "db", clip_space)
+    store.add_vectors("image", unit_vectors(4, seed=1))
+    reopened = anybind.Store.open(tmp_path / "db")
+    monkeypatch.setattr("anybind.store.store.load_space", lambda *a, **k: pytest.fail("loaded the space's models"))
+    assert len(reopened.search(vector=unit_vectors(1, seed=2)[0], to="image,text", k=3)) == 3
+    with pytest.raises(anybind.UnknownNameError, match="'smell'"):
+        reopened.search(vector=unit_vectors(1, seed=2)[0], to="smell")

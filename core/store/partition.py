@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,7 @@ class Moments:
     count: int
     total: np.ndarray
     outer: np.ndarray
+    _derived: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def empty(cls, dim: int) -> Moments:
@@ -109,14 +110,17 @@ class Moments:
         self.count += sign * len(x)
         self.total += sign * x.sum(axis=0)
         self.outer += sign * (x.T @ x)
+        self._derived = None
 
     def score_moments(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mean and standard deviation of ``q . x`` over the partition, for each query row."""
         q = queries.astype(np.float64)
         if self.count < 2:
             return np.zeros(len(q)), np.ones(len(q))
-        mean_vec = self.total / self.count
-        cov = self.outer / self.count - np.outer(mean_vec, mean_vec)
+        if self._derived is None:  # once per change of the partition, not once per query
+            mean = self.total / self.count
+            self._derived = (mean, self.outer / self.count - np.outer(mean, mean))
+        mean_vec, cov = self._derived
         var = np.einsum("ij,jk,ik->i", q, cov, q)
         return q @ mean_vec, np.sqrt(np.clip(var, 1e-12, None))
 
@@ -140,6 +144,7 @@ class Partition:
         self.factory = factory
         self.built = built
         self.index = index
+        self.ann = ann_structure(index)  # ("nprobe", ivf) / ("efSearch", hnsw) inside ``index``, or None
         self.moments = moments
         self._gpu: gpu.GpuSearcher | bool | None = False  # False: not tried yet
         self._params: dict[str, int] = {}
@@ -154,9 +159,8 @@ class Partition:
     def params(self, value: dict[str, int]) -> None:
         self._params = dict(value)
         self._gpu = False  # a GPU copy carries its own nprobe: rebuild it with the new one
-        found = ann_structure(self.index)
-        if found is not None and found[0] in self._params:
-            key, structure = found
+        if self.ann is not None and self.ann[0] in self._params:
+            key, structure = self.ann
             if key == "nprobe":
                 structure.nprobe = int(self._params[key])
             else:
@@ -248,6 +252,7 @@ class Partition:
             moments.add(vectors)
         keep = self._params if built == self.built else {}
         self.factory, self.built, self.index, self.moments = factory, built, index, moments
+        self.ann = ann_structure(index)
         self.params = keep
 
     def search(self, queries: np.ndarray, k: int, selector: Any | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -263,9 +268,8 @@ class Partition:
         if self._gpu is False:
             self._gpu = gpu.GpuSearcher.try_build(self.index, self._params)
         scores, ids = self._gpu.search(queries, k) if self._gpu else self.index.search(queries, k)  # type: ignore[union-attr]
-        found = ann_structure(self.index)
-        if found is not None and found[0] == "nprobe" and (ids < 0).any():
-            scores, ids = self._search_wider(found[1], queries, k)  # the probed lists held fewer than k items
+        if self.ann is not None and self.ann[0] == "nprobe" and (ids < 0).any():
+            scores, ids = self._search_wider(self.ann[1], queries, k)  # the probed lists held fewer than k items
         return scores, ids
 
     def _search_wider(self, ivf: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -60,7 +60,7 @@ def targets(store: Store, to: str | Sequence[str] | None) -> list[str]:
     names = list(dict.fromkeys(names))  # the same partition twice would duplicate its hits
     if not names or "" in names:
         raise UnknownNameError("modality", ",".join(names), store.modalities, "give target partitions in to=")
-    known = set(store.manifest.partitions) | set(store.space.host.modalities)
+    known = set(store.manifest.partitions) | set(store.host.modalities)
     for name in names:
         if name not in known:
             raise UnknownNameError("modality", name, store.modalities, "the store's partitions are listed")

@@ -28,7 +28,7 @@ import numpy as np
 
 from anybind.errors import EmbeddingError, MetadataError, StoreError
 from anybind.modality import describe_item
-from anybind.plugin_host import PluginHost
+from anybind.plugin_host import PluginHost, get_host
 from anybind.space import Space
 from anybind.space_config import SpaceConfig
 from anybind.space_loader import load_space
@@ -141,6 +141,13 @@ class Store:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+    @property
+    def host(self) -> PluginHost:
+        """The plugin host whose modalities the store knows (without loading the space's models)."""
+        if self._space is not None:
+            return self._space.host
+        return self._options["host"] or get_host()
 
     @property
     def space(self) -> Space:

@@ -14,7 +14,7 @@ import numpy as np
 from anybind.errors import StoreError, UnknownNameError
 
 from .manifest import write_manifest
-from .partition import EXACT, Partition, ann_structure, min_train
+from .partition import EXACT, Partition, min_train
 
 if TYPE_CHECKING:
     from .store import Store
@@ -73,7 +73,7 @@ def default_ivf(count: int) -> str:
 
 def tune(part: Partition, queries: np.ndarray, truth: np.ndarray, k: int, target: float) -> tuple[dict, float]:
     """The cheapest nprobe / efSearch that reaches ``target`` recall@k (or the best one tried)."""
-    found = ann_structure(part.index)
+    found = part.ann
     if found is None:
         return {}, recall(part, queries, truth, k)
     key, structure = found
