@@ -9,12 +9,13 @@ tower takes. ``embeds_as`` names that tower: ``image`` for photos, and also for 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import DecodeError
+from .segments import Segment, SegmentPlan
 
 SNIFF_BYTES = 4096
 
@@ -28,6 +29,10 @@ class Modality:
     - ``sniff(head)``: given a file's first bytes, whether they are this modality's content.
     - ``extensions``: lower-case suffixes (``.png``), used only when no sniffer recognises the content.
     - ``fallback``: the sniffer is weak (plain text accepts almost anything); strong sniffers win first.
+    - ``segment(source, plan)``: for time-based modalities (audio, video), yields
+      :class:`~anybind.segments.Segment` s streaming through the input; each segment becomes one item with
+      ``start``/``end`` seconds. ``segment_defaults`` gives the plan's defaults (``window``, ``overlap``,
+      ``fps``, ``sample_rate``) where neither the space file nor the encoder sets them.
     """
 
     name: str
@@ -38,6 +43,13 @@ class Modality:
     fallback: bool = False
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    segment: Callable[[Any, SegmentPlan], Iterator[Segment]] | None = None
+    segment_defaults: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def temporal(self) -> bool:
+        """Whether inputs are cut into time segments (one item per segment) instead of embedded whole."""
+        return self.segment is not None
 
     @property
     def tower(self) -> str:

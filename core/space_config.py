@@ -9,6 +9,11 @@ A spec ``NAME:REF`` (``clip:openai/clip-vit-base-patch32``, ``siglip:/models/sig
     [modalities.text]                      # optional: per tower or modality tag
     encoder = "anchor"                     # "anchor" (default) or another encoder spec
     binding = "identity"
+
+    [modalities.audio]
+    encoder = "clap:./models/clap"
+    binding = "./audio.binding.safetensors"  # a learned binding (anybind bind train); relative to this file
+    window = 10.0                          # seconds per segment; overlap = 2.0; video also takes fps = 1.0
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ class RouteConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     encoder: str = "anchor"
     binding: str = "identity"
+    window: float | None = Field(default=None, gt=0, description="seconds per segment (audio, video)")
+    overlap: float | None = Field(default=None, ge=0, description="seconds shared by consecutive segments")
+    fps: float | None = Field(default=None, gt=0, description="video frames sampled per second")
 
 
 class SpaceConfig(BaseModel):
@@ -78,4 +86,6 @@ def read_space_file(path: str | Path) -> SpaceConfig:
     config.anchor = _resolve(config.anchor, base)
     for route in config.modalities.values():
         route.encoder = _resolve(route.encoder, base)
+        if route.binding != "identity" and not Path(route.binding).is_absolute():
+            route.binding = str((base / route.binding).resolve())  # a binding file next to the space file
     return config

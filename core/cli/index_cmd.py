@@ -34,6 +34,9 @@ def index(
     workers: Annotated[
         int | None, typer.Option("--workers", min=1, help="Decoding threads (default: up to 4).")
     ] = None,
+    audio_tracks: Annotated[
+        bool, typer.Option("--audio-tracks", help="Also index each video's sound as audio items (same file and times).")
+    ] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar on stderr.")] = False,
     json_output: JsonOption = False,
 ) -> None:
@@ -56,7 +59,13 @@ def index(
             bar.update(task, completed=done, total=total)
 
         report = store.add_files(
-            paths, recursive=recursive, modality=modality, metadata=metadata, workers=workers, progress=progress
+            paths,
+            recursive=recursive,
+            modality=modality,
+            metadata=metadata,
+            workers=workers,
+            audio_tracks=audio_tracks,
+            progress=progress,
         )
     items = len(report.ids)
     summary = (

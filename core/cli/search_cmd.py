@@ -74,6 +74,9 @@ def search(
     rerank: Annotated[
         int | None, typer.Option("--rerank", min=1, help="Re-score this many ANN candidates exactly.")
     ] = None,
+    segments: Annotated[
+        bool, typer.Option("--segments", help="Every matching audio/video segment, not just each file's best.")
+    ] = False,
     device: DeviceOption = "auto",
     json_output: JsonOption = False,
 ) -> None:
@@ -86,7 +89,9 @@ def search(
     if not inputs:
         raise typer.BadParameter("give a query: --text, --image, --audio or --video", param_hint="query")
     with Store.open(db, create=False, device=device) as store:
-        result = store.search(query=inputs, to=to, k=k, where=where_values(where) or None, rerank=rerank)
+        result = store.search(
+            query=inputs, to=to, k=k, where=where_values(where) or None, rerank=rerank, segments=segments
+        )
         if json_output:
             emit_json({"db": str(db), "query": inputs, "k": k, **result.to_dict()})
         else:

@@ -3,6 +3,12 @@
 Decoding (and hashing) runs in a thread pool a bounded distance ahead of the encoder, so the model is fed
 while the next files are read. Every file that cannot be indexed is reported with its reason and skipped;
 the rest is committed every ``commit_every`` items and at the end (each commit is one generation).
+
+Audio and video files stream through their modality's ``segment`` function in the main thread (video decodes
+in its own child process), one item per segment with ``start``/``end``; their parts share encoder batches
+across files (:class:`~anybind.segment_embedding.SegmentBatcher`). A file's segments are staged only once all
+of them are embedded, so a commit never holds part of a file, and a file that fails half-way is dropped whole.
+With ``audio_tracks=True`` a video's sound is also indexed, as ``audio`` items with the video's path and times.
 """
 
 from __future__ import annotations
@@ -15,8 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from anybind.errors import ItemError
+from anybind.errors import ItemError, SpaceError
 from anybind.modality import Modality, detect
+from anybind.segment_embedding import SegmentBatcher, SegmentedItem, lazy_segments
+from anybind.segments import SegmentPlan
 from anybind.space import decode_item
 
 from .metadata import NewItem
@@ -57,6 +65,8 @@ def _prepare(
         raise ItemError(label, f"is {modality.name!r}, which this store's space cannot embed (it embeds {embeds})")
     if known.get(label) == digest:
         return Prepared(label, modality.name, digest, unchanged=True)
+    if modality.temporal:  # streamed by the main thread (see module docstring)
+        return Prepared(label, modality.name, digest)
     return Prepared(label, modality.name, digest, decode_item(modality, path, 0))
 
 
@@ -69,6 +79,7 @@ def index_files(
     metadata: Mapping[str, Any] | Callable[[str], Mapping[str, Any]] | None = None,
     workers: int | None = None,
     commit_every: int = 1024,
+    audio_tracks: bool = False,
     progress: Progress | None = None,
 ) -> IndexReport:
     space = store.space
@@ -84,6 +95,17 @@ def index_files(
     if modality is not None:
         forced, _ = space.route(modality)  # unknown or unroutable: an error for the whole run
     host_modalities = [e.value for e in space.host.modalities.entries()]
+    by_name = {m.name: m for m in host_modalities}
+    streams: dict[str, tuple[SegmentPlan, SegmentBatcher]] = {}
+
+    def stream(name: str) -> tuple[SegmentPlan, SegmentBatcher]:
+        if name not in streams:
+            streams[name] = space.segment_batcher(name)
+        return streams[name]
+
+    if audio_tracks and "audio" not in routed:
+        embeds = ", ".join(sorted(routed))
+        raise SpaceError(f"audio_tracks: this store's space cannot embed audio (it embeds {embeds})")
     batch_size = max(1, space.options.batch_size)
     workers = workers or min(4, os.cpu_count() or 1)
     if progress:
@@ -98,17 +120,63 @@ def index_files(
         staged_files: list[tuple[str, int]] = []  # (path, number of items) in staging order
         replacing: list[int] = []
 
+        replaced_paths: set[str] = set()
+
+        def replace(path: str) -> None:
+            if path not in replaced_paths:
+                replaced_paths.add(path)
+                replacing.extend(known_ids.get(path, []))
+
         def commit() -> None:
             if not staged and not replacing:
                 return
             ids = iter(store._commit(staged, remove=replacing)["ids"])
             for path, count in staged_files:
-                report.added[path] = [next(ids) for _ in range(count)]
-                if path in known_ids:
+                report.added.setdefault(path, []).extend(next(ids) for _ in range(count))
+                if path in known_ids and path not in report.replaced:
                     report.replaced.append(path)
             staged.clear()
             staged_files.clear()
             replacing.clear()
+
+        def stage_segments(name: str, finished: list[SegmentedItem]) -> None:
+            for item in finished:
+                if item.error is not None:
+                    report.errors.append(item.error)
+                    continue
+                prepared: Prepared = item.key
+                meta = metadata_list(metadata, [prepared.path])[0]
+                assert item.vectors is not None
+                for start, end, vector in zip(item.starts, item.ends, item.vectors, strict=True):
+                    staged.append(
+                        NewItem(
+                            name,
+                            vector,
+                            uri=prepared.path,
+                            start=start,
+                            end=end,
+                            metadata=meta,
+                            content_hash=prepared.digest,
+                        )
+                    )
+                staged_files.append((prepared.path, len(item.starts)))
+                replace(prepared.path)
+            if len(staged) >= commit_every:
+                commit()
+
+        def feed_temporal(prepared: Prepared) -> None:
+            modality = by_name[prepared.modality]
+            assert modality.segment is not None
+            plan, batcher = stream(prepared.modality)
+            stage_segments(
+                prepared.modality, batcher.feed(prepared, prepared.path, modality.segment(prepared.path, plan))
+            )
+            track = modality.extra.get("audio_track") if audio_tracks else None
+            if track is not None:
+                plan, batcher = stream("audio")
+                stage_segments(
+                    "audio", batcher.feed(prepared, prepared.path, lazy_segments(track, prepared.path, plan))
+                )
 
         def encode(name: str) -> None:
             batch = pending.pop(name, [])
@@ -123,7 +191,7 @@ def index_files(
                 meta, digest = metas[position], prepared.digest
                 staged.append(NewItem(name, vector, uri=prepared.path, text=text, metadata=meta, content_hash=digest))
                 staged_files.append((prepared.path, 1))
-                replacing.extend(known_ids.get(prepared.path, []))
+                replace(prepared.path)
             if len(staged) >= commit_every:
                 commit()
 
@@ -149,6 +217,8 @@ def index_files(
                 else:
                     if prepared.unchanged:
                         report.unchanged.append(prepared.path)
+                    elif by_name[prepared.modality].temporal:
+                        feed_temporal(prepared)
                     else:
                         pending.setdefault(prepared.modality, []).append(prepared)
                         if len(pending[prepared.modality]) >= batch_size:
@@ -162,6 +232,8 @@ def index_files(
                     progress(done, len(files))
         for name in sorted(pending):
             encode(name)
+        for name, (_, batcher) in sorted(streams.items()):
+            stage_segments(name, batcher.flush())
         commit()
     report.generation = store.generation
     return report

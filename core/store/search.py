@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import faiss
@@ -77,6 +78,46 @@ def _exact(store: Store, q: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.nda
 
 
 def search_partition(
+    store: Store,
+    name: str,
+    q: np.ndarray,
+    k: int,
+    where: Mapping[str, Any] | None,
+    rerank: int | None,
+    rollup: bool = False,
+) -> tuple[np.ndarray, np.ndarray, PartitionScores]:
+    """The partition's top ``k`` (scores, ids); with ``rollup``, the top ``k`` files: each file's best segment.
+
+    Rolling up asks the index for 4k candidates, then 16k, ... until ``k`` distinct files are among them or the
+    partition is exhausted; items without a segment (or without a file) are their own group.
+    """
+    if not rollup or name not in store.host.modalities or not store.host.modalities.get(name).temporal:
+        return _search_partition(store, name, q, k, where, rerank)
+    fetch = k
+    while True:
+        fetch *= 4
+        scores, ids, stats = _search_partition(store, name, q, fetch, where, rerank)
+        keep = _best_per_file(store, ids)
+        if len(keep) >= k or len(ids) < fetch or fetch >= stats.count:
+            keep = keep[:k]
+            return scores[keep], ids[keep], replace(stats, candidates=len(ids))
+
+
+def _best_per_file(store: Store, ids: np.ndarray) -> list[int]:
+    """Positions (in the given best-first order) of the first hit of each file."""
+    rows = store.db.rows(ids.tolist(), store.generation)
+    seen: set[Any] = set()
+    keep = []
+    for position, item_id in enumerate(ids.tolist()):
+        row = rows.get(item_id)
+        group = (row.uri,) if row is not None and row.uri is not None and row.start is not None else item_id
+        if group not in seen:
+            seen.add(group)
+            keep.append(position)
+    return keep
+
+
+def _search_partition(
     store: Store, name: str, q: np.ndarray, k: int, where: Mapping[str, Any] | None, rerank: int | None
 ) -> tuple[np.ndarray, np.ndarray, PartitionScores]:
     part = store.partition(name)
@@ -117,6 +158,7 @@ def run_search(
     k: int,
     where: Mapping[str, Any] | None,
     rerank: int | None,
+    rollup: bool = True,
 ) -> SearchResult:
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
@@ -126,7 +168,7 @@ def run_search(
     store.refresh()
     q = query_vector(store, inputs, weights)
     with store.db.snapshot():  # every row lookup of this search reads the same SQLite snapshot
-        return _search(store, q, to, k, where, rerank)
+        return _search(store, q, to, k, where, rerank, rollup)
 
 
 def _search(
@@ -136,11 +178,12 @@ def _search(
     k: int,
     where: Mapping[str, Any] | None,
     rerank: int | None,
+    rollup: bool,
 ) -> SearchResult:
     found: list[tuple[float, float, int, str]] = []
     partitions: dict[str, PartitionScores] = {}
     for name in targets(store, to):
-        scores, ids, stats = search_partition(store, name, q, k, where, rerank)
+        scores, ids, stats = search_partition(store, name, q, k, where, rerank, rollup)
         partitions[name] = stats
         for score, item_id in zip(scores.tolist(), ids.tolist(), strict=True):
             found.append(((score - stats.mean) / stats.std, score, item_id, name))

@@ -419,23 +419,35 @@ class Store:
     def add(self, modality: str, items: Any, *, metadata: Metadata = None) -> IndexReport:
         """Embed ``items`` with the store's space and add every one that can be embedded, in one commit.
 
-        A path becomes the item's ``uri``; a string given for ``text`` is stored as the item's text.
+        A path becomes the item's ``uri``; a string given for ``text`` is stored as the item's text. Audio and
+        video inputs become one item per time segment (``start``/``end`` seconds).
         Items that fail are in the report's ``errors`` (with the input named); the rest are added.
         """
         seq = [items] if isinstance(items, (str, bytes, os.PathLike)) else list(items)
         metas = metadata_list(metadata, seq)
-        result = self.space.try_embed(modality, seq)
-        report = IndexReport(errors=list(result.errors))
+        report = IndexReport()
         new, labels = [], []
-        for vector, position in zip(result.vectors, result.indices, strict=True):
+        for position, vectors, spans in self._embedded(modality, seq, report):
             item = seq[position]
             uri = os.path.realpath(item) if isinstance(item, os.PathLike) else None
             if isinstance(item, str) and modality != "text":
                 uri = os.path.realpath(item)
             text = item if isinstance(item, str) and uri is None else None
             digest = file_digest(uri) if uri and os.path.isfile(uri) else None
-            new.append(NewItem(modality, vector, uri=uri, text=text, metadata=metas[position], content_hash=digest))
-            labels.append(describe_item(item, position))
+            for vector, (start, end) in zip(vectors, spans, strict=True):
+                new.append(
+                    NewItem(
+                        modality,
+                        vector,
+                        uri=uri,
+                        start=start,
+                        end=end,
+                        text=text,
+                        metadata=metas[position],
+                        content_hash=digest,
+                    )
+                )
+                labels.append(describe_item(item, position))
         if new:
             with self._writing():
                 ids = self._commit(new)["ids"]
@@ -443,6 +455,24 @@ class Store:
                 report.added.setdefault(label, []).append(item_id)
         report.generation = self.generation
         return report
+
+    def _embedded(
+        self, modality: str, seq: Sequence[Any], report: IndexReport
+    ) -> Iterator[tuple[int, np.ndarray, list[tuple[float | None, float | None]]]]:
+        """(position, vectors, spans) per input that embedded; errors go to the report."""
+        mod, _ = self.space.route(modality)
+        if mod.temporal:
+            for item in self.space.try_embed_segments(modality, seq):
+                if item.error is not None:
+                    report.errors.append(item.error)
+                else:
+                    assert item.vectors is not None
+                    yield item.key, item.vectors, list(zip(item.starts, item.ends, strict=True))
+            return
+        result = self.space.try_embed(modality, seq)
+        report.errors.extend(result.errors)
+        for vector, position in zip(result.vectors, result.indices, strict=True):
+            yield position, vector[None, :], [(None, None)]
 
     def add_files(self, paths: Iterable[str | os.PathLike[str]], **options: Any) -> IndexReport:
         """Index files (and folders): sniff each file's modality, decode in worker threads, embed, commit.
@@ -490,6 +520,7 @@ class Store:
         k: int = 10,
         where: Mapping[str, Any] | None = None,
         rerank: int | None = None,
+        segments: bool = False,
     ) -> SearchResult:
         """Search the ``to`` partitions (default: all) with a query of any modality.
 
@@ -498,6 +529,8 @@ class Store:
         plus a text modifier). ``where`` filters on metadata inside the search (``{"album": "x"}``, a list
         means any of). ``rerank=N`` re-scores the top N ANN candidates exactly from the stored vectors.
         Hits from several partitions are ranked by calibrated score (see :class:`~anybind.store.hits.Hit`).
+        Audio and video hits roll up per file: each file's best segment, with its ``start``/``end``;
+        ``segments=True`` returns every matching segment instead.
         """
         from .search import run_search
 
@@ -513,7 +546,7 @@ class Store:
             if value is not None
         }
         inputs.update(query or {})
-        return run_search(self, inputs, weights=weights, to=to, k=k, where=where, rerank=rerank)
+        return run_search(self, inputs, weights=weights, to=to, k=k, where=where, rerank=rerank, rollup=not segments)
 
     def info(self) -> dict[str, Any]:
         """Space, generation, items per partition, index types and bytes on disk."""
