@@ -5,7 +5,9 @@
 fills the model), and hands back each file's segment vectors once all its parts are embedded. A segment's vector
 is the re-normalised mean of its parts' unit vectors. A file whose decoding or encoding fails anywhere is dropped
 whole, with one error naming it and the time; the other files go on. Memory: the queued parts of at most one
-batch, plus the finished vectors.
+batch, plus the finished vectors. A batch is also cut at :data:`MAX_BATCH_BYTES` of part data: 32 ten-second
+clips at 48 kHz are 61 MB of samples and several times that in the feature extractor's float64 spectrograms,
+so long audio runs in batches of about 8 windows.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import numpy as np
 
 from .errors import ItemError
 from .segments import Segment
+
+MAX_BATCH_BYTES = 16 << 20
 
 # encode(values, labels) -> an EmbedResult: vectors + indices of the values that embedded, errors + failed positions
 EncodeFn = Callable[[list[Any], list[str]], Any]
@@ -76,11 +80,13 @@ def _segments(item: SegmentedItem, segments: Iterator[Segment]) -> Iterator[tupl
 class SegmentBatcher:
     """Feeds segments of many inputs through ``encode`` in shared batches of ``batch_size`` parts."""
 
-    def __init__(self, encode: EncodeFn, batch_size: int, dim: int) -> None:
+    def __init__(self, encode: EncodeFn, batch_size: int, dim: int, max_bytes: int = MAX_BATCH_BYTES) -> None:
         self.encode = encode
         self.batch_size = max(1, batch_size)
+        self.max_bytes = max_bytes
         self.dim = dim
         self._queue: list[tuple[SegmentedItem, int, Any]] = []  # (item, segment index, part)
+        self._queued_bytes = 0
         self._open: list[SegmentedItem] = []
 
     def feed(self, key: Any, label: str, segments: Iterator[Segment]) -> list[SegmentedItem]:
@@ -96,8 +102,9 @@ class SegmentBatcher:
                 item._sums.append(None)
                 for part in segment.parts:
                     self._queue.append((item, index, part))
+                    self._queued_bytes += part_bytes(part)
                     item._pending += 1
-                    if len(self._queue) >= self.batch_size:
+                    if len(self._queue) >= self.batch_size or self._queued_bytes >= self.max_bytes:
                         finished += self._run()
                 if item.error is not None:  # a part failed to encode: stop reading the rest of the file
                     break
@@ -116,7 +123,7 @@ class SegmentBatcher:
         return finished + self._collect()
 
     def _run(self) -> list[SegmentedItem]:
-        queue, self._queue = self._queue, []
+        queue, self._queue, self._queued_bytes = self._queue, [], 0
         live = [(item, index, part) for item, index, part in queue if item.error is None]
         if not live:
             return self._collect()
@@ -139,6 +146,17 @@ class SegmentBatcher:
             if item.error is None:
                 _pool(item, self.dim)
         return finished
+
+
+def part_bytes(part: Any) -> int:
+    """Roughly how much memory a decoded part holds (audio samples, array or image pixels); 0 if unknown."""
+    samples = getattr(part, "samples", part)
+    if isinstance(samples, np.ndarray):
+        return int(samples.nbytes)
+    size = getattr(part, "size", None)
+    if isinstance(size, tuple) and len(size) == 2:  # a PIL image: width, height
+        return int(size[0] * size[1] * len(getattr(part, "getbands", lambda: "RGB")()))
+    return 0
 
 
 def _pool(item: SegmentedItem, dim: int) -> None:

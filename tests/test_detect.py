@@ -37,7 +37,8 @@ def test_corrupt_image_is_still_an_image(host, image_files):
 def test_unrecognised_and_empty_files(host, tmp_path, image_files):
     binary = tmp_path / "blob.bin"
     binary.write_bytes(b"\x00\x01\x02\xff" * 10)
-    with pytest.raises(DecodeError, match=r"blob\.bin: content not recognised as any modality \(audio, image, video, text\)"):
+    expected = r"blob\.bin: content not recognised as any modality \(audio, image, video, text\)"
+    with pytest.raises(DecodeError, match=expected):
         detect(binary, mods(host))
     with pytest.raises(DecodeError, match=r"empty\.png: empty file"):
         detect(image_files["empty"], mods(host))

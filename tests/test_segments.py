@@ -287,3 +287,22 @@ def test_commit_every_never_splits_a_file(tmp_path, tiny_clip_dir, tape_host):
             assert len(ids) == 4 and len(gens) == 1, (path, gens)  # all of a file's segments in one commit
             generations[path] = gens.pop()
         assert len(set(generations.values())) >= 2
+
+
+def test_batches_are_cut_by_bytes_too():
+    from anybind.segment_embedding import SegmentBatcher
+    from anybind.segments import AudioClip
+    from anybind.space import EmbedResult
+
+    sizes: list[int] = []
+
+    def encode(values, labels):
+        sizes.append(len(values))
+        return EmbedResult(np.ones((len(values), 4), np.float32), list(range(len(values))))
+
+    clip = AudioClip(np.zeros(1000, np.float32), 16000)  # 4,000 bytes per part
+    batcher = SegmentBatcher(encode, batch_size=32, dim=4, max_bytes=10_000)
+    done = batcher.feed("a", "a", iter([Segment(float(i), i + 1.0, [clip]) for i in range(7)])) + batcher.flush()
+    assert sizes == [3, 3, 1]  # 3 parts reach 12,000 bytes >= 10,000
+    assert len(done) == 1 and done[0].vectors.shape == (7, 4)
+    np.testing.assert_allclose(np.linalg.norm(done[0].vectors, axis=1), 1.0)
