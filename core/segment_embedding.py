@@ -58,7 +58,7 @@ def lazy_segments(segment: Callable[..., Iterator[Segment]], *args: Any) -> Iter
     yield from segment(*args)
 
 
-def _segments(item: SegmentedItem, segments: Iterator[Segment]) -> Iterator[tuple[int, Segment]]:
+def _segments(item: SegmentedItem, segments: Iterator[Segment], optional: bool) -> Iterator[tuple[int, Segment]]:
     """Number the segments and turn a plugin's failure into an ItemError naming the input."""
     index = 0
     try:
@@ -73,7 +73,7 @@ def _segments(item: SegmentedItem, segments: Iterator[Segment]) -> Iterator[tupl
         raise
     except Exception as exc:  # a plugin's segmenter failing in its own way
         raise ItemError(item.label, f"{type(exc).__name__}: {exc}") from exc
-    if index == 0:
+    if index == 0 and not optional:
         raise ItemError(item.label, "has no segments to embed (zero length?)")
 
 
@@ -89,13 +89,16 @@ class SegmentBatcher:
         self._queued_bytes = 0
         self._open: list[SegmentedItem] = []
 
-    def feed(self, key: Any, label: str, segments: Iterator[Segment]) -> list[SegmentedItem]:
-        """Read all of one input's segments (encoding full batches on the way); returns the inputs now finished."""
+    def feed(self, key: Any, label: str, segments: Iterator[Segment], optional: bool = False) -> list[SegmentedItem]:
+        """Read all of one input's segments (encoding full batches on the way); returns the inputs now finished.
+
+        ``optional``: an input without segments (a video's absent sound track) finishes with none, not an error.
+        """
         item = SegmentedItem(key, label)
         self._open.append(item)
         finished: list[SegmentedItem] = []
         try:
-            for index, segment in _segments(item, segments):
+            for index, segment in _segments(item, segments, optional):
                 item.starts.append(float(segment.start))
                 item.ends.append(float(segment.end))
                 item._parts.append(len(segment.parts))

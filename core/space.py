@@ -105,12 +105,27 @@ class Space:
             if tower not in encoder.towers:
                 raise SpaceError(f"modality {key!r}: encoder {spec.encoder!r} has no {tower!r} tower")
             binding = load_binding(spec.binding)
-            self._check_binding(key, spec, encoder, binding)
+            self._check_binding(key, spec, encoder, binding, tower)
+            if encoder is self.anchor and binding.id == "identity" and tower in self.routes and key != tower:
+                continue  # only segment settings ([modalities.video] fps = 2): the tower's route, same fingerprint
             self.routes[key] = Route(encoder, tower, binding)
+        for key in config.modalities:  # bad window/overlap/fps: an error now, not half-way through an index run
+            if (
+                key in host.modalities
+                and host.modalities.get(key).temporal
+                and self._route_key(host.modalities.get(key))
+            ):
+                self.segment_plan(key)
 
-    def _check_binding(self, key: str, spec: RouteConfig, encoder: Encoder, binding: Binding) -> None:
+    def _check_binding(self, key: str, spec: RouteConfig, encoder: Encoder, binding: Binding, tower: str) -> None:
         """A binding must map this encoder's vectors into this anchor's space: dims and recorded encoder ids."""
         where = f"modality {key!r}: binding {spec.binding!r}"
+        if binding.id == "identity" and encoder is not self.anchor and "binding" not in spec.model_fields_set:
+            raise SpaceError(
+                f"modality {key!r}: encoder {spec.encoder!r} is not the anchor, so its vectors are not in the anchor's "
+                "space even when the widths match; give a learned binding (anybind bind train), or write "
+                'binding = "identity" if the two encoders really share one space'
+            )
         if binding.id == "identity":
             if encoder.dim != self.dim:
                 raise SpaceError(
@@ -124,6 +139,9 @@ class Space:
         if target_dim is not None and target_dim != self.dim:
             raise SpaceError(f"{where} maps into {target_dim}-d, but the anchor space is {self.dim}-d")
         info = getattr(binding, "info", None) or {}
+        trained_for = info.get("applies_to") or info.get("source_modality")
+        if trained_for and trained_for not in (key, tower):
+            raise SpaceError(f"{where} was trained for {trained_for} vectors, not for {key}")
         for role, expected in (("anchor", self.anchor.id), ("source", encoder.id)):
             recorded = info.get(role)
             if recorded and recorded != expected:

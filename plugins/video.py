@@ -155,8 +155,28 @@ def windows(frames: SampledFrames, plan: SegmentPlan) -> Iterator[Segment]:
         j += 1
 
 
+class FrameList:
+    """Frames already in memory (PIL images), taken as sampled at ``fps``: frame ``j`` is at ``j / fps`` s."""
+
+    def __init__(self, frames: Sequence[Image.Image], fps: float) -> None:
+        self.frames, self.fps = frames, fps
+        self.duration: float | None = len(frames) / fps
+        self.label = f"<{len(frames)} frames>"
+
+    def __iter__(self) -> Iterator[tuple[float, Image.Image]]:
+        for j, frame in enumerate(self.frames):
+            yield j / self.fps, frame.convert("RGB")
+
+
 def segment(source: Any, plan: SegmentPlan) -> Iterator[Segment]:
-    """A video (path or bytes) as time segments whose parts are the RGB frames sampled inside them."""
+    """A video (path or bytes) as time segments whose parts are the RGB frames sampled inside them.
+
+    A list of PIL images is taken as frames already sampled at the plan's fps (1 frame/s by default).
+    """
+    if isinstance(source, Sequence) and not isinstance(source, (str, bytes, bytearray)):
+        frames = decode(source)  # validates: a non-empty list of images
+        yield from windows(FrameList(frames, plan.fps or DEFAULT_FPS), plan)  # type: ignore[arg-type]
+        return
     with video_file(source) as (path, label):
         fps = plan.fps or max(DEFAULT_FPS, 1.0 / plan.window)  # at least one frame per window
         frames = SampledFrames(path, label, fps, plan.timeout)

@@ -39,6 +39,7 @@ MAX_SECONDS = 24 * 3600  # a timeline longer than a day is hostile metadata, not
 MAX_MEMORY = 8 << 30  # address-space limit of the child, bytes (decoder threads reserve a lot of it)
 MAX_AUDIO_LEAD = 600  # seconds of silence before an audio track that starts late
 HEARTBEAT = 1.0  # seconds between "still decoding" messages while nothing else is sent
+MAX_FRAME_GAP = 600  # seconds one frame may stay on screen; a longer jump in timestamps is corrupt or hostile
 TRUNCATION_SLACK = 2.0  # seconds a stream may end before its declared duration without counting as truncated
 HOOK_ENV = "ANYBIND_VIDEO_TEST_HOOK"  # test-only: make the child hang, crash or exit (see _run_hook)
 
@@ -319,6 +320,11 @@ def _sample_frames(job: dict, sender: _Sender) -> Iterator[tuple[dict, bytes]]:
         limit = min(declared or whole or max_seconds, max_seconds)  # no sample at or after the stream's end
         j, shown, end = 0, None, Fraction(0)
         for t, frame in _decoded(container, stream, job, sender, origin):
+            if t - end > MAX_FRAME_GAP:  # a 3 KB file must not become a day of identical samples to embed
+                raise Failure(
+                    f"frame timestamps jump from {float(end):.2f} s to {float(t):.2f} s; a gap over "
+                    f"{MAX_FRAME_GAP} s means corrupt or hostile timestamps"
+                )
             # Samples before this frame's time show the previous frame (or this one, before the first frame).
             while j / fps < t and j / fps < limit:
                 yield _sample(j, fps, shown if shown is not None else frame, max_side)

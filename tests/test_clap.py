@@ -158,9 +158,14 @@ def test_registered_and_routed_through_a_space(clap_dir: Path, tiny_clip_dir: Pa
     np.testing.assert_allclose(
         encoder.embed("text", TEXTS[:1]), ClapEncoder(str(clap_dir), OPTIONS).embed("text", TEXTS[:1])
     )
-    # CLAP (24-d) into a tiny CLIP space (16-d) cannot go through the identity binding
+    # CLAP is not the anchor: without a binding it is refused, whatever the widths
     config = anybind.SpaceConfig(
         anchor=f"clip:{tiny_clip_dir}", modalities={"audio": anybind.RouteConfig(encoder=f"clap:{clap_dir}")}
     )
+    with pytest.raises(SpaceError, match=r"is not the anchor, so its vectors are not in the anchor's space"):
+        anybind.load_space(config, device="cpu", host=host)
+    # an explicit identity is taken at its word, but CLAP (24-d) into a tiny CLIP space (16-d) cannot be one
+    route = anybind.RouteConfig(encoder=f"clap:{clap_dir}", binding="identity")
+    config = anybind.SpaceConfig(anchor=f"clip:{tiny_clip_dir}", modalities={"audio": route})
     with pytest.raises(SpaceError, match=r"gives 24-d vectors but the anchor space is 16-d"):
         anybind.load_space(config, device="cpu", host=host)

@@ -50,9 +50,27 @@ def tape_segments(source: object, plan: SegmentPlan):
         CLOSED.append(str(source))
 
 
+def eager_segments(source: object, plan: SegmentPlan):
+    """Not a generator: checks the input when called (as a third-party segmenter may), then returns an iterator."""
+    text = Path(source).read_text()
+    if "FAIL" in text:
+        raise DecodeError(str(source), "bad header")
+    return tape_segments(["dog", "cat", "car"], plan)
+
+
 class TapePlugin:
     @anybind.hookimpl
     def anybind_modalities(self, register):
+        register(
+            anybind.Modality(
+                name="eager",
+                decode=tape_words,
+                sniff=lambda head: head.startswith(b"EAGER\n"),
+                embeds_as="text",
+                segment=eager_segments,
+                segment_defaults={"window": 2.0},
+            )
+        )
         register(
             anybind.Modality(
                 name="tape",
@@ -306,3 +324,12 @@ def test_batches_are_cut_by_bytes_too():
     assert sizes == [3, 3, 1]  # 3 parts reach 12,000 bytes >= 10,000
     assert len(done) == 1 and done[0].vectors.shape == (7, 4)
     np.testing.assert_allclose(np.linalg.norm(done[0].vectors, axis=1), 1.0)
+
+
+def test_a_segmenter_failing_when_called_fails_only_its_file(tape_store, tmp_path):
+    good, bad = tmp_path / "good.eager", tmp_path / "bad.eager"
+    good.write_text("EAGER\nok\n")
+    bad.write_text("EAGER\nFAIL\n")
+    report = tape_store.add_files([bad, good])
+    assert [str(e) for e in report.errors] == [f"{bad}: bad header"]
+    assert list(report.added) == [str(good)] and len(report.added[str(good)]) == 2

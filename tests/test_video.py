@@ -6,6 +6,7 @@ import os
 import re
 import tempfile
 import time
+from fractions import Fraction
 from importlib import metadata
 from pathlib import Path
 
@@ -392,3 +393,21 @@ def test_a_space_embeds_each_segment_as_the_mean_of_its_frames(
     singles = space.embed("image", [frame for parts in frames for frame in parts])
     means = np.stack([singles[k : k + 2].mean(axis=0) for k in (0, 2, 4, 6)])
     np.testing.assert_allclose(item.vectors, means / np.linalg.norm(means, axis=1, keepdims=True), atol=1e-5)
+
+
+def test_a_hostile_jump_in_timestamps_is_refused(tmp_path):
+    """Three frames at 0, 1 and 20000 s (3 KB) must not become 20,000 samples to embed."""
+    path = tmp_path / "jump.mkv"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=1)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1)
+        for pts in (0, 1, 20000):
+            frame = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
+            frame.pts = pts
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    plan = SegmentPlan(2.0, 2.0, fps=1.0)
+    with pytest.raises(DecodeError, match=r"jump from 2\.00 s to 20000\.00 s; a gap over 600 s") as info:
+        list(video.segment(str(path), plan))
+    assert info.value.source == str(path)

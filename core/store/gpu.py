@@ -15,6 +15,8 @@ from typing import Any
 import faiss
 import numpy as np
 
+GPU_MAX_K = 2048  # faiss's GPU Flat and IVF searches return at most this many neighbours per query
+
 
 @functools.lru_cache(maxsize=1)
 def gpu_count() -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,8 +52,12 @@ def _prepare(
     modalities: Sequence[Modality],
     routed: set[str],
     known: Mapping[str, str | None],
+    needs_track: Collection[str] = (),
 ) -> Prepared:
-    """Hash, sniff and decode one file (runs in a worker thread). Raises ItemError naming the file."""
+    """Hash, sniff and decode one file (runs in a worker thread). Raises ItemError naming the file.
+
+    ``needs_track``: paths indexed before without their sound track, re-indexed when tracks are asked for.
+    """
     label = str(path)
     try:
         digest = file_digest(path)
@@ -63,7 +67,7 @@ def _prepare(
     if modality.name not in routed:
         embeds = ", ".join(sorted(routed))
         raise ItemError(label, f"is {modality.name!r}, which this store's space cannot embed (it embeds {embeds})")
-    if known.get(label) == digest:
+    if known.get(label) == digest and not (label in needs_track and "audio_track" in modality.extra):
         return Prepared(label, modality.name, digest, unchanged=True)
     if modality.temporal:  # streamed by the main thread (see module docstring)
         return Prepared(label, modality.name, digest)
@@ -115,6 +119,11 @@ def index_files(
         known: dict[str, str | None] = {}
         for uri, (digest, ids) in store.db.files([str(f) for f in files], store.generation).items():
             known[uri], known_ids[uri] = digest, ids
+        needs_track: set[str] = set()
+        if audio_tracks:  # a video indexed without its sound (or a silent one: it is decoded again)
+            rows = store.db.rows([i for ids in known_ids.values() for i in ids], store.generation)
+            has_audio = {row.uri for row in rows.values() if row.modality == "audio"}
+            needs_track = set(known_ids) - has_audio
         pending: dict[str, list[Prepared]] = {}
         staged: list[NewItem] = []
         staged_files: list[tuple[str, int]] = []  # (path, number of items) in staging order
@@ -139,13 +148,29 @@ def index_files(
             staged_files.clear()
             replacing.clear()
 
-        def stage_segments(name: str, finished: list[SegmentedItem]) -> None:
+        # A temporal file is one unit: its segments (and, for a video with audio_tracks, its sound's segments)
+        # are staged together once every part is embedded, or not at all if any part failed.
+        units: dict[int, tuple[Prepared, list[tuple[str, SegmentedItem]], list[int]]] = {}
+
+        def finish(name: str, finished: list[SegmentedItem]) -> None:
             for item in finished:
-                if item.error is not None:
-                    report.errors.append(item.error)
-                    continue
-                prepared: Prepared = item.key
-                meta = metadata_list(metadata, [prepared.path])[0]
+                prepared, done, waiting = units[id(item.key)]
+                done.append((name, item))
+                waiting[0] -= 1
+                if waiting[0] == 0:
+                    del units[id(item.key)]
+                    stage_unit(prepared, done)
+            if len(staged) >= commit_every:
+                commit()
+
+        def stage_unit(prepared: Prepared, done: list[tuple[str, SegmentedItem]]) -> None:
+            errors = [item.error for _, item in done if item.error is not None]
+            if errors:  # the file's old items (if any) stay as they were
+                report.errors.extend(errors)
+                return
+            meta = metadata_list(metadata, [prepared.path])[0]
+            count = 0
+            for name, item in done:
                 assert item.vectors is not None
                 for start, end, vector in zip(item.starts, item.ends, item.vectors, strict=True):
                     staged.append(
@@ -159,24 +184,24 @@ def index_files(
                             content_hash=prepared.digest,
                         )
                     )
-                staged_files.append((prepared.path, len(item.starts)))
-                replace(prepared.path)
-            if len(staged) >= commit_every:
-                commit()
+                    count += 1
+            staged_files.append((prepared.path, count))
+            replace(prepared.path)
 
         def feed_temporal(prepared: Prepared) -> None:
             modality = by_name[prepared.modality]
             assert modality.segment is not None
-            plan, batcher = stream(prepared.modality)
-            stage_segments(
-                prepared.modality, batcher.feed(prepared, prepared.path, modality.segment(prepared.path, plan))
-            )
             track = modality.extra.get("audio_track") if audio_tracks else None
-            if track is not None:
+            units[id(prepared)] = (prepared, [], [2 if track is not None else 1])
+            plan, batcher = stream(prepared.modality)
+            finish(
+                prepared.modality,
+                batcher.feed(prepared, prepared.path, lazy_segments(modality.segment, prepared.path, plan)),
+            )
+            if track is not None:  # a video without sound has no track segments: not an error
                 plan, batcher = stream("audio")
-                stage_segments(
-                    "audio", batcher.feed(prepared, prepared.path, lazy_segments(track, prepared.path, plan))
-                )
+                label = f"{prepared.path} (audio track)"
+                finish("audio", batcher.feed(prepared, label, lazy_segments(track, prepared.path, plan), optional=True))
 
         def encode(name: str) -> None:
             batch = pending.pop(name, [])
@@ -204,7 +229,7 @@ def index_files(
                     path = next(queue, None)
                     if path is None:
                         break
-                    window.append(pool.submit(_prepare, path, forced, host_modalities, routed, known))
+                    window.append(pool.submit(_prepare, path, forced, host_modalities, routed, known, needs_track))
                 if not window:
                     break
                 future = window.popleft()
@@ -233,7 +258,7 @@ def index_files(
         for name in sorted(pending):
             encode(name)
         for name, (_, batcher) in sorted(streams.items()):
-            stage_segments(name, batcher.flush())
+            finish(name, batcher.flush())
         commit()
     report.generation = store.generation
     return report

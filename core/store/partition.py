@@ -267,7 +267,8 @@ class Partition:
             return self.index.search(queries, k, params=params)
         if self._gpu is False:
             self._gpu = gpu.GpuSearcher.try_build(self.index, self._params)
-        scores, ids = self._gpu.search(queries, k) if self._gpu else self.index.search(queries, k)  # type: ignore[union-attr]
+        on_gpu = self._gpu and k <= gpu.GPU_MAX_K  # faiss GPU Flat/IVF return at most 2048 per query
+        scores, ids = self._gpu.search(queries, k) if on_gpu else self.index.search(queries, k)  # type: ignore[union-attr]
         if self.ann is not None and self.ann[0] == "nprobe" and (ids < 0).any():
             scores, ids = self._search_wider(self.ann[1], queries, k)  # the probed lists held fewer than k items
         return scores, ids

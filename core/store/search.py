@@ -89,7 +89,10 @@ def search_partition(
     """The partition's top ``k`` (scores, ids); with ``rollup``, the top ``k`` files: each file's best segment.
 
     Rolling up asks the index for 4k candidates, then 16k, ... until ``k`` distinct files are among them or the
-    partition is exhausted; items without a segment (or without a file) are their own group.
+    partition is exhausted; items without a segment (or without a file) are their own group. Across partitions
+    (a video's frames and its sound track) the fusion keeps each file once, by its best calibrated segment:
+    every file of the fused top k is in the top k files of the partition where it scores best, so k files
+    per partition are enough.
     """
     if not rollup or name not in store.host.modalities or not store.host.modalities.get(name).temporal:
         return _search_partition(store, name, q, k, where, rerank)
@@ -188,14 +191,22 @@ def _search(
         for score, item_id in zip(scores.tolist(), ids.tolist(), strict=True):
             found.append(((score - stats.mean) / stats.std, score, item_id, name))
     found.sort(key=lambda hit: (-hit[0], hit[2]))
-    found = found[:k]
+    if not rollup:
+        found = found[:k]
     rows = store.db.rows([item_id for _, _, item_id, _ in found], store.generation)
-    hits = []
+    hits: list[Hit] = []
+    files: set[str] = set()
     for calibrated, score, item_id, name in found:
         row = rows.get(item_id)
         if row is None:  # removed by a writer after this generation was read
             continue
+        if rollup and row.uri is not None and row.start is not None:
+            if row.uri in files:  # a video's sound and its picture: the file once, by its best segment
+                continue
+            files.add(row.uri)
         hits.append(
             Hit(item_id, name, float(score), float(calibrated), row.uri, row.start, row.end, row.text, row.metadata)
         )
+        if len(hits) == k:
+            break
     return SearchResult(hits, partitions)

@@ -76,7 +76,7 @@ class Store:
     def open(
         cls,
         path: str | os.PathLike[str],
-        space: Space | str | None = None,
+        space: Space | str | os.PathLike[str] | SpaceConfig | None = None,
         *,
         create: bool = True,
         index: str | None = None,
@@ -86,13 +86,14 @@ class Store:
     ) -> Store:
         """Open (or create) the store at ``path``.
 
-        ``space`` is a loaded :class:`Space` or a spec; it is required to create a store and, when given for an
-        existing one, must have the fingerprint the store was built with. Without it the store's recorded
-        space is loaded on first use. ``index`` is the faiss ``index_factory`` string of a new store (default Flat).
+        ``space`` is a loaded :class:`Space`, a spec, a TOML space file or a ``SpaceConfig``; it is required to
+        create a store and, when given for an existing one, must have the fingerprint the store was built with.
+        Without it the store's recorded space is loaded on first use. ``index`` is the faiss ``index_factory``
+        string of a new store (default Flat).
         """
         root = Path(path)
         options = {"device": device, "batch_size": batch_size, "host": host}
-        if isinstance(space, str):
+        if space is not None and not isinstance(space, Space):  # a spec, a space file or a SpaceConfig
             space = load_space(space, device=device, batch_size=batch_size, host=host)
         if (root / "manifest.json").exists():
             manifest = read_manifest(root)
