@@ -142,6 +142,13 @@ def test_mixed_folder_index_and_search_any_to_any(bound_space, media, tmp_path, 
         )
         assert Path(json.loads(out)["hits"][0]["uri"]).name == colour
 
+    # audio -> video: the high pitch finds the blue moments of both videos
+    code, out, _ = run_cli(
+        capsys, "search", "--db", db, "--audio", media["folder"] / "a880.wav", "--to", "video", "--json"
+    )
+    spans = {(Path(h["uri"]).name, h["start"], h["end"]) for h in json.loads(out)["hits"]}
+    assert spans == {("rgb.mp4", 4.0, 6.0), ("bgr.mp4", 0.0, 2.0)}
+
     # text -> audio: audio hits, rolled up per file, with times and exact scores
     code, out, _ = run_cli(capsys, "search", "--db", db, "--text", "a red square", "--to", "audio", "--json")
     hits = json.loads(out)["hits"]
