@@ -78,12 +78,12 @@ def _towers(vocab: int) -> tuple[dict, dict]:
     return text, vision
 
 
-def build_tiny_clip(directory: str | Path, seed: int = 0) -> Path:
-    """Save a randomly initialised tiny CLIP (16-d projections) with tokenizer and image processor."""
+def build_tiny_clip(directory: str | Path, seed: int = 0, projection_dim: int = 16) -> Path:
+    """Save a randomly initialised tiny CLIP (16-d projections unless asked) with tokenizer and image processor."""
     tokenizer = train_tokenizer()
     text, vision = _towers(len(tokenizer))
     torch.manual_seed(seed)
-    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim))
     directory = Path(directory)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)

@@ -193,7 +193,8 @@ class MetaDB:
                 f"WHERE id IN ({marks}) AND {VISIBLE}"
             )
             for r in self.conn.execute(query, params):
-                found[r[0]] = Row(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), r[7], r[8])
+                meta = {} if r[6] == "{}" else json.loads(r[6])  # most items carry no metadata: skip the parser
+                found[r[0]] = Row(r[0], r[1], r[2], r[3], r[4], r[5], meta, r[7], r[8])
         return found
 
     def vectors(self, ids: Sequence[int], dim: int) -> np.ndarray:

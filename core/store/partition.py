@@ -92,6 +92,30 @@ def search_params(index: Any, params: dict[str, int], selector: Any | None) -> A
     return UNSUPPORTED
 
 
+BLAS_MAX_QUERIES = 16  # up to this many queries, a Flat scan is one BLAS call here (faiss loops without BLAS)
+
+
+def _matvec_top_k(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by inner product for a few queries: one sgemv/sgemm over the stored vectors, then a partial sort.
+
+    faiss's Flat search of a single query scans at about a third of the memory bandwidth a BLAS matrix-vector
+    product reaches on the same machine (docs/benchmarks.md); equal scores order by id, like faiss.
+    """
+    scores = np.ascontiguousarray(queries, dtype=np.float32) @ vectors.T  # (nq, n)
+    k = min(k, scores.shape[1])
+    top_scores = np.empty((len(queries), k), np.float32)
+    top_ids = np.empty((len(queries), k), np.int64)
+    for row, line in enumerate(scores):
+        if k < len(line):  # everything scoring at least the k-th best, so that ties at the boundary go by id
+            kth = line[np.argpartition(-line, k - 1)[k - 1]]
+            part = np.flatnonzero(line >= kth)
+        else:
+            part = np.arange(len(line))
+        order = np.lexsort((ids[part], -line[part]))[:k]
+        top_scores[row], top_ids[row] = line[part][order], ids[part][order]
+    return top_scores, top_ids
+
+
 @dataclass
 class Moments:
     """Count, sum and sum of outer products of a partition's vectors (float64)."""
@@ -119,10 +143,12 @@ class Moments:
             return np.zeros(len(q)), np.ones(len(q))
         if self._derived is None:  # once per change of the partition, not once per query
             mean = self.total / self.count
-            self._derived = (mean, self.outer / self.count - np.outer(mean, mean))
+            cov = self.outer / self.count - np.outer(mean, mean)  # accumulated in float64, read in float32
+            self._derived = (mean.astype(np.float32), cov.astype(np.float32))
         mean_vec, cov = self._derived
-        var = np.einsum("ij,jk,ik->i", q, cov, q)
-        return q @ mean_vec, np.sqrt(np.clip(var, 1e-12, None))
+        q32 = q.astype(np.float32)
+        var = ((q32 @ cov) * q32).sum(axis=1, dtype=np.float64)  # q C q^T per row through BLAS: 1 MB read at d = 512
+        return (q32 @ mean_vec).astype(np.float64), np.sqrt(np.clip(var, 1e-12, None))
 
     def to_bytes(self) -> bytes:
         return save_tensors(
@@ -267,11 +293,22 @@ class Partition:
             return self.index.search(queries, k, params=params)
         if self._gpu is False:
             self._gpu = gpu.GpuSearcher.try_build(self.index, self._params)
+        if not self._gpu and len(queries) <= BLAS_MAX_QUERIES and (flat := self._flat_view()) is not None:
+            return _matvec_top_k(*flat, queries, k)
         on_gpu = self._gpu and k <= gpu.GPU_MAX_K  # faiss GPU Flat/IVF return at most 2048 per query
         scores, ids = self._gpu.search(queries, k) if on_gpu else self.index.search(queries, k)  # type: ignore[union-attr]
         if self.ann is not None and self.ann[0] == "nprobe" and (ids < 0).any():
             scores, ids = self._search_wider(self.ann[1], queries, k)  # the probed lists held fewer than k items
         return scores, ids
+
+    def _flat_view(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Zero-copy views of a Flat partition's vectors ``(n, d)`` and ids ``(n,)``; ``None`` for other types."""
+        inner = faiss.downcast_index(self.index.index)
+        if not isinstance(inner, faiss.IndexFlat) or inner.metric_type != faiss.METRIC_INNER_PRODUCT:
+            return None
+        n = int(inner.ntotal)
+        vectors = faiss.rev_swig_ptr(inner.get_xb(), n * self.dim).reshape(n, self.dim)
+        return vectors, faiss.rev_swig_ptr(self.index.id_map.data(), n)
 
     def _search_wider(self, ivf: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Search again, probing 4x more lists each time, until k hits come back or every list is probed."""
