@@ -173,7 +173,7 @@ def segment(source: Any, plan: SegmentPlan) -> Iterator[Segment]:
 
     A list of PIL images is taken as frames already sampled at the plan's fps (1 frame/s by default).
     """
-    if isinstance(source, Sequence) and not isinstance(source, (str, bytes, bytearray)):
+    if isinstance(source, (list, tuple)):  # frames in memory (bytes, bytearray and memoryview are files)
         frames = decode(source)  # validates: a non-empty list of images
         yield from windows(FrameList(frames, plan.fps or DEFAULT_FPS), plan)  # type: ignore[arg-type]
         return
@@ -211,7 +211,7 @@ def decode(source: Any) -> list[Image.Image]:
 
     Videos over :data:`DECODE_MAX_SECONDS` are refused: index them as segments instead.
     """
-    if isinstance(source, Sequence) and not isinstance(source, (str, bytes, bytearray)):
+    if isinstance(source, (list, tuple)):  # frames in memory (bytes, bytearray and memoryview are files)
         if not source or not all(isinstance(frame, Image.Image) for frame in source):
             raise DecodeError(f"<{type(source).__name__}>", "a decoded video is a non-empty list of PIL images")
         return [frame.convert("RGB") for frame in source]

@@ -40,6 +40,8 @@ MAX_MEMORY = 8 << 30  # address-space limit of the child, bytes (decoder threads
 MAX_AUDIO_LEAD = 600  # seconds of silence before an audio track that starts late
 HEARTBEAT = 1.0  # seconds between "still decoding" messages while nothing else is sent
 MAX_FRAME_GAP = 600  # seconds one frame may stay on screen; a longer jump in timestamps is corrupt or hostile
+SPARSE_AFTER = 3600  # seconds of samples after which a video must have decoded at least ...
+MIN_FRAMES_PER_SAMPLE = 0.1  # ... one frame per ten samples (a still-image slideshow of an hour still passes)
 TRUNCATION_SLACK = 2.0  # seconds a stream may end before its declared duration without counting as truncated
 HOOK_ENV = "ANYBIND_VIDEO_TEST_HOOK"  # test-only: make the child hang, crash or exit (see _run_hook)
 
@@ -319,7 +321,7 @@ def _sample_frames(job: dict, sender: _Sender) -> Iterator[tuple[dict, bytes]]:
         declared, whole = _declared_end(stream, origin), _container_end(container)
         limit = min(declared or whole or max_seconds, max_seconds)  # no sample at or after the stream's end
         j, shown, end = 0, None, Fraction(0)
-        for t, frame in _decoded(container, stream, job, sender, origin):
+        for decoded, (t, frame) in enumerate(_decoded(container, stream, job, sender, origin), 1):
             if t - end > MAX_FRAME_GAP:  # a 3 KB file must not become a day of identical samples to embed
                 raise Failure(
                     f"frame timestamps jump from {float(end):.2f} s to {float(t):.2f} s; a gap over "
@@ -329,6 +331,7 @@ def _sample_frames(job: dict, sender: _Sender) -> Iterator[tuple[dict, bytes]]:
             while j / fps < t and j / fps < limit:
                 yield _sample(j, fps, shown if shown is not None else frame, max_side)
                 j += 1
+                _check_density(j, fps, decoded)
             if t >= max_seconds:
                 raise Failure(f"video is longer than the {MAX_SECONDS} s limit (a frame at {float(t):.0f} s)")
             shown, end = frame, max(end, t + _frame_duration(frame, stream))
@@ -343,7 +346,17 @@ def _sample_frames(job: dict, sender: _Sender) -> Iterator[tuple[dict, bytes]]:
         while j / fps < duration:
             yield _sample(j, fps, shown, max_side)
             j += 1
+            _check_density(j, fps, decoded)
         yield {"kind": "duration", "seconds": float(duration)}, b""
+
+
+def _check_density(samples: int, fps: Fraction, decoded: int) -> None:
+    """Refuse a timeline that a handful of frames stretch over hours: each sample is a frame the parent embeds."""
+    if samples / fps > SPARSE_AFTER and decoded < MIN_FRAMES_PER_SAMPLE * samples:
+        raise Failure(
+            f"{decoded} decoded frames stretched over {float(samples / fps):.0f} s of timestamps; "
+            "refusing corrupt or hostile timestamps (so few frames cannot fill that much time)"
+        )
 
 
 def _sample(j: int, fps: Fraction, frame: Any, max_side: int) -> tuple[dict, bytes]:

@@ -84,6 +84,23 @@ def test_a_video_failing_half_way_keeps_its_old_items_and_is_retried(store, tmp_
     assert counts(store) == {"video": 3, "audio": 5}
 
 
+def test_a_failed_picture_skips_decoding_its_sound(store, tmp_path, monkeypatch):
+    clip = av_clip(tmp_path / "clip.mp4", [RED, BLUE, GREEN, RED])
+    modes: list[str] = []
+    run_child = video_plugin.video_decode.run_child
+
+    def spy(mode, *args, **kwargs):
+        modes.append(mode)
+        if mode == "frames":
+            raise DecodeError(str(clip), "picture broken (simulated)")
+        return run_child(mode, *args, **kwargs)
+
+    monkeypatch.setattr(video_plugin.video_decode, "run_child", spy)
+    report = store.add_files([clip], audio_tracks=True)
+    assert [e.reason for e in report.errors] == ["picture broken (simulated)"]
+    assert modes == ["frames"] and counts(store) == {}
+
+
 def test_a_video_and_its_sound_are_committed_together(space_file, tmp_path):
     clips = [av_clip(tmp_path / f"c{i}.mp4", [RED, BLUE, GREEN]) for i in range(3)]
     store = Store.open(tmp_path / "db", space=space_file, device="cpu", batch_size=1)  # files finish one by one

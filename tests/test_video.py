@@ -395,19 +395,43 @@ def test_a_space_embeds_each_segment_as_the_mean_of_its_frames(
     np.testing.assert_allclose(item.vectors, means / np.linalg.norm(means, axis=1, keepdims=True), atol=1e-5)
 
 
-def test_a_hostile_jump_in_timestamps_is_refused(tmp_path):
-    """Three frames at 0, 1 and 20000 s (3 KB) must not become 20,000 samples to embed."""
-    path = tmp_path / "jump.mkv"
+def write_sparse_mkv(path: Path, timestamps: list[int]) -> Path:
     with av.open(str(path), "w") as container:
         stream = container.add_stream("mpeg4", rate=1)
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
         stream.codec_context.time_base = Fraction(1, 1)
-        for pts in (0, 1, 20000):
+        for pts in timestamps:
             frame = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
             frame.pts = pts
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
+    return path
+
+
+def test_a_hostile_jump_in_timestamps_is_refused(tmp_path):
+    """Three frames at 0, 1 and 20000 s (3 KB) must not become 20,000 samples to embed."""
+    path = write_sparse_mkv(tmp_path / "jump.mkv", [0, 1, 20000])
     plan = SegmentPlan(2.0, 2.0, fps=1.0)
     with pytest.raises(DecodeError, match=r"jump from 2\.00 s to 20000\.00 s; a gap over 600 s") as info:
         list(video.segment(str(path), plan))
     assert info.value.source == str(path)
+
+
+def test_a_few_frames_stretched_over_hours_are_refused(tmp_path):
+    """Gaps just under the single-jump limit: 8 frames 599 s apart would still be 4,000+ samples."""
+    path = write_sparse_mkv(tmp_path / "gaps.mkv", [i * 599 for i in range(8)])
+    with pytest.raises(DecodeError, match=r"8 decoded frames stretched over 3601 s of timestamps"):
+        list(video.segment(str(path), SegmentPlan(2.0, 2.0, fps=1.0)))
+    slideshow = write_sparse_mkv(tmp_path / "slides.mkv", [i * 300 for i in range(12)])  # 12 slides, 55 minutes
+    segments = list(video.segment(str(slideshow), SegmentPlan(60.0, 60.0, fps=1.0)))
+    assert len(segments) == 56 and segments[-1].end == 3301.0  # the last slide shows for its 1 s frame duration
+
+
+def test_bytes_like_sources_are_files_and_lists_are_frames(tmp_path):
+    clip = write_video(tmp_path / "c.mp4", [RED, RED, BLUE])
+    plan = SegmentPlan(2.0, 2.0, fps=1.0)
+    data = clip.read_bytes()
+    for source in (data, bytearray(data), memoryview(data)):
+        assert [(s.start, s.end) for s in video.segment(source, plan)] == [(0.0, 2.0), (2.0, 3.0)]
+    frames = [Image.new("RGB", (8, 8), RED)] * 3
+    assert [(s.start, s.end, len(s.parts)) for s in video.segment(tuple(frames), plan)] == [(0, 2, 2), (2, 3, 1)]

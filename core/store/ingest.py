@@ -121,9 +121,7 @@ def index_files(
             known[uri], known_ids[uri] = digest, ids
         needs_track: set[str] = set()
         if audio_tracks:  # a video indexed without its sound (or a silent one: it is decoded again)
-            rows = store.db.rows([i for ids in known_ids.values() for i in ids], store.generation)
-            has_audio = {row.uri for row in rows.values() if row.modality == "audio"}
-            needs_track = set(known_ids) - has_audio
+            needs_track = set(known_ids) - store.db.uris_with("audio", known_ids, store.generation)
         pending: dict[str, list[Prepared]] = {}
         staged: list[NewItem] = []
         staged_files: list[tuple[str, int]] = []  # (path, number of items) in staging order
@@ -198,6 +196,13 @@ def index_files(
                 prepared.modality,
                 batcher.feed(prepared, prepared.path, lazy_segments(modality.segment, prepared.path, plan)),
             )
+            unit = units.get(id(prepared))
+            if track is not None and unit is not None and any(item.error for _, item in unit[1]):
+                track = None  # the picture already failed: its sound could not be stored without it
+                unit[2][0] -= 1
+                if unit[2][0] == 0:
+                    del units[id(prepared)]
+                    stage_unit(prepared, unit[1])
             if track is not None:  # a video without sound has no track segments: not an error
                 plan, batcher = stream("audio")
                 label = f"{prepared.path} (audio track)"

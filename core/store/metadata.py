@@ -253,6 +253,16 @@ class MetaDB:
                 found.setdefault(uri, (digest, []))[1].append(item_id)
         return found
 
+    def uris_with(self, modality: str, uris: Iterable[str], generation: int) -> set[str]:
+        """Which of ``uris`` have at least one visible item of ``modality`` (a video's sound track, say)."""
+        found: set[str] = set()
+        for chunk in _chunks(list(uris)):
+            params: dict[str, Any] = {"g": generation, "m": modality, **{f"u{n}": v for n, v in enumerate(chunk)}}
+            marks = ",".join(f":u{n}" for n in range(len(chunk)))
+            query = f"SELECT DISTINCT uri FROM items WHERE modality = :m AND uri IN ({marks}) AND {VISIBLE}"
+            found.update(uri for (uri,) in self.conn.execute(query, params))
+        return found
+
 
 class _Transaction:
     def __init__(self, conn: sqlite3.Connection) -> None:
