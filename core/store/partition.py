@@ -8,8 +8,9 @@ the exact mean and standard deviation of ``q . x`` over every item ``x`` of the 
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,18 @@ def search_params(index: Any, params: dict[str, int], selector: Any | None) -> A
 
 
 BLAS_MAX_QUERIES = 16  # up to this many queries, a Flat scan is one BLAS call here (faiss loops without BLAS)
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """faiss without OpenMP for a few queries: HNSW and IVF parallelise over queries, so one query gains nothing,
+    and on a busy machine the idle OpenMP threads' barrier cost up to a scheduler slice (8 ms measured)."""
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(threads)
 
 
 def _matvec_top_k(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -296,7 +309,13 @@ class Partition:
         if not self._gpu and len(queries) <= BLAS_MAX_QUERIES and (flat := self._flat_view()) is not None:
             return _matvec_top_k(*flat, queries, k)
         on_gpu = self._gpu and k <= gpu.GPU_MAX_K  # faiss GPU Flat/IVF return at most 2048 per query
-        scores, ids = self._gpu.search(queries, k) if on_gpu else self.index.search(queries, k)  # type: ignore[union-attr]
+        if on_gpu:
+            scores, ids = self._gpu.search(queries, k)  # type: ignore[union-attr]
+        elif len(queries) <= BLAS_MAX_QUERIES:
+            with _one_thread():
+                scores, ids = self.index.search(queries, k)
+        else:
+            scores, ids = self.index.search(queries, k)
         if self.ann is not None and self.ann[0] == "nprobe" and (ids < 0).any():
             scores, ids = self._search_wider(self.ann[1], queries, k)  # the probed lists held fewer than k items
         return scores, ids
