@@ -9,6 +9,7 @@ filter by the manifest's generation) cannot see them, and a crashed writer's row
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -186,13 +187,7 @@ class MetaDB:
     def rows(self, ids: Iterable[int], generation: int) -> dict[int, Row]:
         found: dict[int, Row] = {}
         for chunk in _chunks(list(ids)):
-            params: dict[str, Any] = {"g": generation, **{f"i{n}": v for n, v in enumerate(chunk)}}
-            marks = ",".join(f":i{n}" for n in range(len(chunk)))
-            query = (
-                'SELECT id, modality, uri, start, "end", text, metadata, content_hash, added_at FROM items '
-                f"WHERE id IN ({marks}) AND {VISIBLE}"
-            )
-            for r in self.conn.execute(query, params):
+            for r in self.conn.execute(_rows_query(len(chunk)), (*chunk, generation, generation)):
                 meta = {} if r[6] == "{}" else json.loads(r[6])  # most items carry no metadata: skip the parser
                 found[r[0]] = Row(r[0], r[1], r[2], r[3], r[4], r[5], meta, r[7], r[8])
         return found
@@ -274,6 +269,15 @@ class _Transaction:
 
     def __exit__(self, kind: object, *_: object) -> None:
         self.conn.execute("ROLLBACK" if kind is not None else "COMMIT")
+
+
+@functools.lru_cache(maxsize=64)
+def _rows_query(n: int) -> str:
+    """The SELECT of ``n`` rows by id that are visible at a generation (given twice, after the ids)."""
+    return (
+        'SELECT id, modality, uri, start, "end", text, metadata, content_hash, added_at FROM items '
+        f"WHERE id IN ({','.join('?' * n)}) AND added_gen <= ? AND (removed_gen IS NULL OR removed_gen > ?)"
+    )
 
 
 def _chunks(values: list[Any], size: int = 900) -> Iterator[list[Any]]:
