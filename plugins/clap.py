@@ -21,7 +21,7 @@ from anybind.errors import DecodeError, ModelLoadError
 from anybind.segments import AudioClip
 
 from .audio_chunks import resample
-from .hf_loading import describe_ref, from_pretrained, weights_id
+from .hf_loading import describe_ref, from_pretrained, load_model, weights_id
 
 _NUMPY_RNG = threading.Lock()
 
@@ -48,24 +48,11 @@ class ClapEncoder:
     towers = frozenset({"audio", "text"})
 
     def __init__(self, ref: str, options: EncoderOptions) -> None:
-        import torch
         import transformers
 
-        transformers.utils.logging.disable_progress_bar()
-        self.torch = torch
-        self.device = torch.device(options.device.name)
-        self.dtype = getattr(torch, options.device.dtype)
-        safe = {"trust_remote_code": options.trust_remote_code}
-        config = from_pretrained(transformers.AutoConfig, ref, "model config", **safe)
-        if config.model_type != "clap":
-            raise ModelLoadError(
-                f"{describe_ref(ref)} holds a {config.model_type!r} model, not a clap model; use the encoder "
-                "that matches it (clip: for 'clip', siglip: for 'siglip')"
-            )
-        self.model = from_pretrained(
-            transformers.ClapModel, ref, "clap model", use_safetensors=True, dtype=self.dtype, **safe
-        )
-        self.model.to(self.device).eval()
+        loaded = load_model(ref, options, "ClapModel", "clap", ("clap",))
+        self.torch, self.device, self.dtype, self.model = loaded.torch, loaded.device, loaded.dtype, loaded.model
+        config, safe = loaded.config, loaded.safe
         self.tokenizer = from_pretrained(transformers.AutoTokenizer, ref, "tokenizer", **safe)
         extractor = from_pretrained(transformers.AutoFeatureExtractor, ref, "feature extractor", **safe)
         self.feature_extractor = self._check_extractor(ref, extractor, config.audio_config)

@@ -15,7 +15,7 @@ import numpy as np
 from anybind import EncoderOptions, hookimpl
 from anybind.errors import ModelLoadError
 
-from .hf_loading import describe_ref, from_pretrained, weights_id
+from .hf_loading import from_pretrained, load_model, weights_id
 
 
 class ContrastiveEncoder:
@@ -28,25 +28,11 @@ class ContrastiveEncoder:
     towers = frozenset({"image", "text"})
 
     def __init__(self, ref: str, options: EncoderOptions) -> None:
-        import torch
         import transformers
 
-        transformers.utils.logging.disable_progress_bar()
-        self.torch = torch
-        self.device = torch.device(options.device.name)
-        self.dtype = getattr(torch, options.device.dtype)
-        safe = {"trust_remote_code": options.trust_remote_code}
-        model_class = getattr(transformers, self.model_class_name)
-        config = from_pretrained(transformers.AutoConfig, ref, "model config", **safe)
-        if config.model_type not in self.model_types:
-            raise ModelLoadError(
-                f"{describe_ref(ref)} holds a {config.model_type!r} model, not a {self.family} model; "
-                f"use the encoder that matches it (clip: for 'clip', siglip: for 'siglip')"
-            )
-        self.model = from_pretrained(
-            model_class, ref, f"{self.family} model", use_safetensors=True, dtype=self.dtype, **safe
-        )
-        self.model.to(self.device).eval()
+        loaded = load_model(ref, options, self.model_class_name, self.family, self.model_types)
+        self.torch, self.device, self.dtype, self.model = loaded.torch, loaded.device, loaded.dtype, loaded.model
+        safe = loaded.safe
         self.tokenizer = from_pretrained(transformers.AutoTokenizer, ref, "tokenizer", **safe)
         self.image_processor = from_pretrained(transformers.AutoImageProcessor, ref, "image processor", **safe)
         self.max_text_tokens = int(self.model.config.text_config.max_position_embeddings)

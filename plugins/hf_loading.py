@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +80,39 @@ def from_pretrained(loader: Any, ref: str, what: str, **kwargs: Any) -> Any:
         raise ModelLoadError(f"cannot load {what} from {describe_ref(ref)}: {exc}. Hint: {hint}") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelLoadError(f"cannot load {what} from {describe_ref(ref)}: {type(exc).__name__}: {exc}") from None
+
+
+@dataclass
+class LoadedModel:
+    """A checkpoint loaded for inference: its config, the model on its device, and what loading used."""
+
+    torch: Any
+    device: Any
+    dtype: Any
+    config: Any
+    model: Any
+    safe: dict[str, Any]
+
+
+def load_model(ref: str, options: Any, model_class_name: str, family: str, model_types: tuple[str, ...]) -> LoadedModel:
+    """Config check, then ``transformers.<model_class_name>`` from ``ref`` (safetensors only) on the options' device.
+
+    The config's model type must be one of ``model_types``, else a :class:`ModelLoadError` names what the
+    checkpoint holds. ``trust_remote_code`` comes from the options (off unless the user asked).
+    """
+    import torch
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    device, dtype = torch.device(options.device.name), getattr(torch, options.device.dtype)
+    safe = {"trust_remote_code": options.trust_remote_code}
+    config = from_pretrained(transformers.AutoConfig, ref, "model config", **safe)
+    if config.model_type not in model_types:
+        raise ModelLoadError(
+            f"{describe_ref(ref)} holds a {config.model_type!r} model, not a {family} model; "
+            f"use the encoder that matches it (clip: for 'clip', siglip: for 'siglip')"
+        )
+    model_class = getattr(transformers, model_class_name)
+    model = from_pretrained(model_class, ref, f"{family} model", use_safetensors=True, dtype=dtype, **safe)
+    model.to(device).eval()
+    return LoadedModel(torch, device, dtype, config, model, safe)
