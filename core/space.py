@@ -329,10 +329,7 @@ class Space:
         dim = self.dim if bind else route.encoder.dim
 
         def encode(values: list[Any], labels: list[str]) -> EmbedResult:
-            result = EmbedResult(np.empty((0, dim), dtype=np.float32))
-            vectors, kept = self._encode(route, values, list(range(len(values))), labels, result, bind)
-            result.indices.extend(kept)
-            return _sorted(result, [vectors])
+            return self._encode_batch(route, values, labels, bind)
 
         return SegmentBatcher(encode, self.options.batch_size, dim)
 
@@ -365,10 +362,14 @@ class Space:
         This is the second half of :meth:`try_embed`, for pipelines that decode in worker threads.
         """
         _, route = self.route(modality)
-        result = EmbedResult(np.empty((0, self.dim), dtype=np.float32))
         if not decoded:
-            return result
-        vectors, kept = self._encode(route, list(decoded), list(range(len(decoded))), labels, result, True)
+            return EmbedResult(np.empty((0, self.dim), dtype=np.float32))
+        return self._encode_batch(route, list(decoded), labels, bind=True)
+
+    def _encode_batch(self, route: Route, values: list[Any], labels: Sequence[Any], bind: bool) -> EmbedResult:
+        """One batch of decoded values -> an EmbedResult (positions within the batch; failures named by labels)."""
+        result = EmbedResult(np.empty((0, self.dim if bind else route.encoder.dim), dtype=np.float32))
+        vectors, kept = self._encode(route, values, list(range(len(values))), labels, result, bind)
         result.indices.extend(kept)
         return _sorted(result, [vectors])
 
