@@ -1,0 +1,1 @@
+"""Training-data tools for anybind-mini: the reproducible synthetic corpus builder (``corpus``)."""

@@ -1,0 +1,103 @@
+"""The anybind-mini training pipeline end to end on a tiny generated corpus (shapes and tones), plus its metrics."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile
+from PIL import Image, ImageDraw
+
+from anybind.plugins.mini import weights
+from anybind.plugins.mini.training import report, run
+from anybind.plugins.mini.training.data import Corpus, prompts
+from anybind.plugins.mini.training.metrics import recall_at
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 180, 30), "blue": (30, 30, 220), "yellow": (230, 210, 20)}
+SHAPES = ("circle", "square")
+
+
+def _picture(path, colour, shape, shift):
+    image = Image.new("RGB", (64, 64), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    box = (12 + shift, 12, 52 + shift, 52)
+    (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=colour)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+def _tone(path, frequency, seconds=0.5, rate=16000):
+    t = np.arange(int(seconds * rate)) / rate
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, (0.5 * np.sin(2 * np.pi * frequency * t)).astype(np.float32), rate, subtype="PCM_16")
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    concepts, clips = [], []
+    for i, (colour, rgb) in enumerate(COLOURS.items()):
+        for j, shape in enumerate(SHAPES):
+            hexcode = f"{i}{j}"
+            split = "test" if (colour, shape) == ("yellow", "square") else "train"
+            concepts.append({"hexcode": hexcode, "label": f"{colour} {shape}", "tags": [colour, shape],
+                             "family": f"{colour} {shape}", "split": split})  # fmt: skip
+            for k, style in enumerate(("twitter", "google", "openmoji")):
+                _picture(root / "images" / style / f"{hexcode}.png", rgb, shape, shift=2 * k)
+            if shape == "circle":  # the circles have sounds: one pitch per colour
+                for n, render_split in enumerate(("train", "train", "train", "test")):
+                    path = f"audio/{hexcode}/{n}.flac"
+                    _tone(root / path, 220 * (i + 1) * (1 + 0.01 * n))
+                    clips.append({"path": path, "hexcode": hexcode, "label": f"{colour} circle",
+                                  "kind": "instrument", "split": render_split})  # fmt: skip
+    (root / "concepts.jsonl").write_text("".join(json.dumps(c) + "\n" for c in concepts))
+    (root / "audio.jsonl").write_text("".join(json.dumps(c) + "\n" for c in clips))
+    return root
+
+
+def test_recall_counts_ties_against_the_query_and_takes_the_best_of_several_correct_keys():
+    keys = np.eye(3, dtype=np.float32)
+    queries = np.array([[1, 0, 0], [0.5, 0.5, 0], [0, 0.2, 0.9]], np.float32)
+    figures = recall_at(queries, keys, [0, 1, 1])
+    # query 0: rank 1; query 1: tied with key 0 -> rank 2; query 2: key 2 scores higher -> rank 2
+    assert figures["R@1"] == pytest.approx(1 / 3)
+    assert figures["R@5"] == 1.0
+    assert recall_at(queries[2:], keys, [[1, 2]])["R@1"] == 1.0
+
+
+def test_prompts_start_with_the_label():
+    assert prompts({"label": "apple", "tags": ["fruit", "apple"]}) == [
+        "apple", "an apple", "an emoji of an apple", "apple emoji", "apple, fruit",
+    ]  # fmt: skip
+
+
+def test_validation_split_keeps_audio_concepts_in_training(corpus_dir):
+    fit, validation = Corpus(corpus_dir).validation_split(fraction=0.3)
+    assert {c["hexcode"] for c in fit} >= {"00", "10", "20", "30"}  # the circles have recordings
+    assert {c["family"] for c in fit}.isdisjoint({c["family"] for c in validation})
+    assert all(c["split"] == "train" for c in fit + validation)
+
+
+def test_run_trains_evaluates_and_writes_loadable_weights(corpus_dir, tmp_path, capsys):
+    out, metrics = tmp_path / "weights", tmp_path / "metrics.json"
+    run.main(["--corpus", str(corpus_dir), "--out", str(out), "--metrics", str(metrics),
+              "--seeds", "0,1", "--image-epochs", "2", "--audio-epochs", "2", "--threads", "1"])  # fmt: skip
+    info = json.loads(metrics.read_text())
+    assert [(r["training"]["target"], r["training"]["seed"]) for r in info["audio_runs"]] == [
+        ("image", 0), ("text", 0), ("image", 1), ("text", 1),
+    ]  # fmt: skip
+    held_out = info["image_metrics"]["held_out_concepts/twitter"]["text->image"]
+    assert held_out["n_queries"] == held_out["n_keys"] == 1  # the one test concept against itself
+    assert info["audio_runs"][0]["metrics"]["audio->text"]["n_queries"] == 4  # one test render per circle
+    assert set(info["audio_summary"]["ratio_audio_to_text"]) == {"R@1", "R@5", "R@10"}
+    model = weights.load(out)
+    stats = model.config.audio
+    assert stats.std > 0 and stats.mean != 0.0  # the log-mel statistics of the training clips were kept
+    assert weights.read_info(out)["shipped_audio_tower"] == {"target": "image", "seed": 0}
+    capsys.readouterr()
+    report.main([str(metrics)])
+    tables = capsys.readouterr().out
+    assert "| held-out concepts, Twemoji (a training style) | 1 |" in tables
+    assert "over seeds 0, 1; held-out renders" in tables
+    assert tables.count("pictures (emergent)") == tables.count("label texts (control)") == 2
