@@ -186,10 +186,10 @@ def test_bad_space_files_name_the_file_and_field(tmp_path, content, message, hos
 
 
 def test_unknown_encoder_and_space_names(host):
-    with pytest.raises(UnknownNameError, match="unknown encoder 'clop'; available: clap, clip, siglip"):
+    with pytest.raises(UnknownNameError, match="unknown encoder 'clop'; available: clap, clip, mini, siglip"):
         anybind.load_space("clop:laion/clap", host=host)
     with pytest.raises(
-        UnknownNameError, match=r"unknown space 'nothing'.*ENCODER:REF with an encoder from: clap, clip, siglip"
+        UnknownNameError, match=r"unknown space 'nothing'.*ENCODER:REF with an encoder from: clap, clip, mini, siglip"
     ):
         anybind.load_space("nothing", host=host)
 
