@@ -186,9 +186,12 @@ def test_info_remove_and_optimize(capsys, db):
     assert anybind.Store.open(db).info()["partitions"]["image"]["index"] == "HNSW8"
 
 
-def test_store_errors_are_one_line_exit_2(capsys, tmp_path, db, tiny_clip_dir, tiny_siglip_dir, folder):
-    code, _, err = run_cli(capsys, "index", folder, "--db", tmp_path / "new", "--no-progress")
-    assert code == 2 and "a new store needs a space" in err
+def test_store_errors_are_one_line_exit_2(capsys, monkeypatch, tmp_path, db, tiny_clip_dir, tiny_siglip_dir, folder):
+    with monkeypatch.context() as patch:  # without the mini plugin there is no default space
+        patch.setenv("ANYBIND_BLOCK_PLUGINS", "mini")
+        code, _, err = run_cli(capsys, "index", folder, "--db", tmp_path / "new", "--no-progress")
+    assert code == 2 and "a new store needs a space, and the default space 'anybind-mini' is not available" in err
+    assert not (tmp_path / "new").exists()
     code, _, err = run_cli(capsys, "index", folder, "--db", db, "-s", f"siglip:{tiny_siglip_dir}", "--no-progress")
     assert code == 2 and "cannot mix spaces" in err and err.count("anybind1:") == 2
     code, _, err = run_cli(capsys, "search", "--db", tmp_path / "nowhere", "--text", "x")

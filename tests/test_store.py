@@ -745,8 +745,8 @@ def test_creating_a_store_in_a_non_store_directory_is_refused(tmp_path, clip_spa
     assert sorted(p.name for p in folder.iterdir()) == ["a.png"]
     with pytest.raises(anybind.StoreError, match="exists and is not a directory"):
         open_store(folder / "a.png", clip_space)
-    with pytest.raises(anybind.StoreError, match="needs a space"):
-        open_store(tmp_path / "new", None)
+    with pytest.raises(anybind.StoreError, match="needs a space, and the default space 'anybind-mini' is not"):
+        anybind.Store.open(tmp_path / "new", host=anybind.PluginHost.from_environment(block=["mini"]))
     with pytest.raises(anybind.StoreError, match="not an anybind store"):
         anybind.Store.open(tmp_path / "new", create=False)
     assert not (tmp_path / "new").exists()

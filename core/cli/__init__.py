@@ -14,7 +14,7 @@ import typer
 from anybind.errors import AnybindError
 from anybind.plugin_host import PluginHost, set_host
 
-from . import bind_cmd, embed_cmd, index_cmd, plugins_cmd, search_cmd, store_cmds
+from . import bind_cmd, demo_cmd, embed_cmd, index_cmd, plugins_cmd, search_cmd, store_cmds
 from .common import root_callback
 
 EXIT_ERROR = 2  # also click's status for usage errors
@@ -38,6 +38,7 @@ def build_app() -> typer.Typer:
     search_cmd.register(app)
     store_cmds.register(app)
     bind_cmd.register(app)
+    demo_cmd.register(app)
     return app
 
 

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from anybind import __version__
+from anybind.store.store import DEFAULT_SPACE
 
 
 def _print_version(value: bool) -> None:
@@ -54,7 +55,12 @@ SpaceOption = Annotated[
         "--space",
         "-s",
         envvar="ANYBIND_SPACE",
-        help="Space: ENCODER:REF (clip:<hub id|dir>, siglip:...), a .toml space file, or a preset name.",
+        default_factory=lambda: DEFAULT_SPACE,
+        show_default=False,
+        help=(
+            "Space: ENCODER:REF (clip:<hub id|dir>, siglip:..., mini:<dir>), a .toml space file, or a preset name; "
+            f"default {DEFAULT_SPACE}, the small space shipped with anybind."
+        ),
     ),
 ]
 OptionalSpaceOption = Annotated[
@@ -63,7 +69,11 @@ OptionalSpaceOption = Annotated[
         "--space",
         "-s",
         envvar="ANYBIND_SPACE",
-        help="Space of a new store (ENCODER:REF, .toml file or preset); an existing store uses its own.",
+        show_default=False,
+        help=(
+            f"Space of a new store (ENCODER:REF, .toml file or preset; default {DEFAULT_SPACE}); an existing store "
+            "uses its own."
+        ),
     ),
 ]
 DbOption = Annotated[

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from anybind.errors import EmbeddingError, MetadataError, StoreError
+from anybind.errors import AnybindError, EmbeddingError, MetadataError, StoreError
 from anybind.modality import describe_item
 from anybind.plugin_host import PluginHost, get_host
 from anybind.space import Space
@@ -42,6 +42,8 @@ from .records import IndexReport, Metadata, RemoveReport, check_name, file_diges
 
 PARTITIONS = "partitions"
 LOCK = "lock"
+DEFAULT_SPACE = "anybind-mini"
+"""The space of a new store opened without one (the small space the ``mini`` plugin ships)."""
 
 
 def _is_segment(value: Any) -> bool:
@@ -50,6 +52,18 @@ def _is_segment(value: Any) -> bool:
     except (TypeError, ValueError):
         return False
     return bool(np.isfinite([start, end]).all()) and 0 <= start <= end
+
+
+def _default_space(root: Path, device: str, batch_size: int, host: PluginHost | None) -> Space:
+    """:data:`DEFAULT_SPACE` for a new store opened without a space; a :class:`StoreError` saying how to pass one
+    when it cannot be loaded (the ``mini`` plugin blocked or missing, its weights unreadable)."""
+    try:
+        return load_space(DEFAULT_SPACE, device=device, batch_size=batch_size, host=host)
+    except AnybindError as exc:
+        raise StoreError(
+            f"{root}: a new store needs a space, and the default space {DEFAULT_SPACE!r} is not available ({exc}); "
+            "pass space=... (CLI: --space or ANYBIND_SPACE)"
+        ) from exc
 
 
 def _leftover_of_creation(name: str) -> bool:
@@ -86,10 +100,10 @@ class Store:
     ) -> Store:
         """Open (or create) the store at ``path``.
 
-        ``space`` is a loaded :class:`Space`, a spec, a TOML space file or a ``SpaceConfig``; it is required to
-        create a store and, when given for an existing one, must have the fingerprint the store was built with.
-        Without it the store's recorded space is loaded on first use. ``index`` is the faiss ``index_factory``
-        string of a new store (default Flat).
+        ``space`` is a loaded :class:`Space`, a spec, a TOML space file or a ``SpaceConfig``; a new store opened
+        without one uses :data:`DEFAULT_SPACE` (``anybind-mini``). When given for an existing store it must have
+        the fingerprint the store was built with; without it the store's recorded space is loaded on first use.
+        ``index`` is the faiss ``index_factory`` string of a new store (default Flat).
         """
         root = Path(path)
         options = {"device": device, "batch_size": batch_size, "host": host}
@@ -110,12 +124,12 @@ class Store:
             return cls(root, manifest, space, options)
         if not create:
             raise StoreError(f"{root}: not an anybind store (no manifest.json)")
-        if space is None:
-            raise StoreError(f"{root}: a new store needs a space (pass space=... or --space)")
         if root.exists() and not root.is_dir():
             raise StoreError(f"{root}: exists and is not a directory")
         if root.exists() and not all(_leftover_of_creation(p.name) for p in root.iterdir()):
             raise StoreError(f"{root}: directory is not empty and is not an anybind store; choose a new --db")
+        if space is None:
+            space = _default_space(root, device, batch_size, host)
         make_index(space.dim, index or "Flat")  # refuse a bad factory string before creating anything
         (root / PARTITIONS).mkdir(parents=True, exist_ok=True)
         record = SpaceRecord(
