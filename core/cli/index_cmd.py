@@ -40,7 +40,7 @@ def index(
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar on stderr.")] = False,
     json_output: JsonOption = False,
 ) -> None:
-    """Index files into a store (created with --space on first use). Exit 1 if some files failed."""
+    """Index files into a store (created on first use; --space, default anybind-mini). Exit 1 if any file failed."""
     metadata = {key: values[-1] for key, values in parse_pairs(meta, "--meta").items()}
     store = Store.open(db, space=space, index=index_type, device=device, batch_size=batch_size)
     console = Console(stderr=True)
