@@ -43,6 +43,18 @@ def resample(samples: np.ndarray, source_rate: int, target_rate: int) -> np.ndar
     return np.clip(out.numpy(), -1.0, 1.0).astype(np.float32, copy=False)
 
 
+def clip_samples(clip: Any, sample_rate: int, encoder: str) -> np.ndarray:
+    """An :class:`AudioClip`'s samples at ``sample_rate``, for ``encoder``'s audio tower; :class:`DecodeError` for
+    another kind of value or an empty clip."""
+    if not isinstance(clip, AudioClip):
+        raise DecodeError(
+            f"<{type(clip).__name__}>", f"the {encoder} audio tower embeds anybind.segments.AudioClip values"
+        )
+    if len(clip.samples) == 0:
+        raise DecodeError(f"<AudioClip at {clip.start:.3f} s>", "empty audio clip (0 samples)")
+    return resample(np.asarray(clip.samples, dtype=np.float32), clip.sample_rate, sample_rate)
+
+
 class _Window:
     """The samples of a stream from ``first`` (an absolute sample index) to what has arrived, as a deque of blocks."""
 

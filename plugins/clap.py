@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from anybind import EncoderOptions, hookimpl
-from anybind.errors import DecodeError, ModelLoadError
+from anybind.errors import ModelLoadError
 from anybind.segments import AudioClip
 
-from .audio_chunks import resample
+from .audio_chunks import clip_samples
 from .hf_loading import describe_ref, from_pretrained, load_model, weights_id
 
 _NUMPY_RNG = threading.Lock()
@@ -94,13 +94,7 @@ class ClapEncoder:
 
     def _samples(self, clip: Any) -> np.ndarray:
         """A clip's samples at the model's rate."""
-        if not isinstance(clip, AudioClip):
-            raise DecodeError(
-                f"<{type(clip).__name__}>", "the clap audio tower embeds anybind.segments.AudioClip values"
-            )
-        if len(clip.samples) == 0:
-            raise DecodeError(f"<AudioClip at {clip.start:.3f} s>", "empty audio clip (0 samples)")
-        return resample(np.asarray(clip.samples, dtype=np.float32), clip.sample_rate, self.sample_rate)
+        return clip_samples(clip, self.sample_rate, "clap")
 
     def audio_features(self, clips: Sequence[AudioClip]) -> tuple[Any, Any]:
         """``(input_features, is_longer)`` tensors for a batch of clips, the same for a clip in any batch.

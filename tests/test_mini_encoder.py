@@ -20,7 +20,7 @@ from PIL import Image
 
 import anybind
 from anybind.cli import main
-from anybind.errors import ModelLoadError, StoreError
+from anybind.errors import DecodeError, ModelLoadError, StoreError
 from anybind.plugins.mini import minilm, weights
 from anybind.plugins.mini.encoder import MiniEncoder
 from anybind.plugins.mini.model import MiniConfig, MiniModel
@@ -111,6 +111,15 @@ def test_vectors_do_not_depend_on_the_batch(small_dir: Path, images: list[Path])
         alone = np.concatenate([encoder.embed(tower, [item]) for item in batch])
         np.testing.assert_allclose(together, alone, atol=1e-5, err_msg=tower)
         np.testing.assert_allclose(encoder.embed(tower, batch[::-1]), together[::-1], atol=1e-5, err_msg=tower)
+
+
+def test_bad_audio_values_are_typed_errors(small_dir: Path) -> None:
+    encoder = MiniEncoder(str(small_dir), anybind.EncoderOptions(anybind.resolve_device("cpu")))
+    empty = AudioClip(np.zeros(0, np.float32), 16000, start=1.5)
+    with pytest.raises(DecodeError, match=r"^<AudioClip at 1\.500 s>: empty audio clip \(0 samples\)$"):
+        encoder.embed("audio", [empty])
+    with pytest.raises(DecodeError, match=r"^<ndarray>: the mini audio tower embeds anybind\.segments\.AudioClip"):
+        encoder.embed("audio", [np.zeros(16000, np.float32)])
 
 
 def test_minilm_equals_sentence_transformers() -> None:

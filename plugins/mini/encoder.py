@@ -13,8 +13,7 @@ from typing import Any
 import numpy as np
 
 from anybind import EncoderOptions
-from anybind.errors import DecodeError, ModelLoadError
-from anybind.segments import AudioClip
+from anybind.errors import ModelLoadError
 
 from . import minilm, weights
 from .model import fit_window, image_array
@@ -53,16 +52,11 @@ class MiniEncoder:
         self._minilm: minilm.MiniLM | None = None
 
     def _audio(self, clips: Sequence[Any]) -> Any:
-        from anybind.plugins.audio_chunks import resample
+        from anybind.plugins.audio_chunks import clip_samples
 
-        rows = []
-        for clip in clips:
-            if not isinstance(clip, AudioClip):
-                raise DecodeError(f"<{type(clip).__name__}>", "the mini audio tower embeds anybind AudioClip values")
-            if len(clip.samples) == 0:
-                raise DecodeError(f"<AudioClip at {clip.start:.3f} s>", "empty audio clip (0 samples)")
-            samples = resample(np.asarray(clip.samples, np.float32), clip.sample_rate, self.features.sample_rate)
-            rows.append(fit_window(samples, self.features.samples))
+        rows = [
+            fit_window(clip_samples(clip, self.features.sample_rate, "mini"), self.features.samples) for clip in clips
+        ]
         return self.torch.from_numpy(np.stack(rows)).to(self.device)
 
     def embed(self, tower: str, batch: Sequence[Any]) -> np.ndarray:

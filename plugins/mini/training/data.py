@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,22 +66,20 @@ class Corpus:
 
     def validation_split(self, fraction: float = 0.08, seed: int = 0) -> tuple[list[dict], list[dict]]:
         """Train concepts cut by family into (fit, validation); families of audio concepts always fit."""
+        train = self.split("train")
         audio = {clip.hexcode for clip in self.audio}
-        families = sorted({c["family"] for c in self.split("train")})
-        pinned = {c["family"] for c in self.split("train") if c["hexcode"] in audio}
-        candidates = [f for f in families if f not in pinned]
+        size = Counter(c["family"] for c in train)
+        pinned = {c["family"] for c in train if c["hexcode"] in audio}
+        candidates = [f for f in sorted(size) if f not in pinned]
         random.Random(seed).shuffle(candidates)
-        size = {f: 0 for f in families}
-        for c in self.split("train"):
-            size[c["family"]] += 1
-        target, val = fraction * len(self.split("train")), set()
+        target, val, taken = fraction * len(train), set(), 0
         for family in candidates:
-            if sum(size[f] for f in val) >= target:
+            if taken >= target:
                 break
             if size[family] <= 4:
                 val.add(family)
-        fit = [c for c in self.split("train") if c["family"] not in val]
-        return fit, [c for c in self.split("train") if c["family"] in val]
+                taken += size[family]
+        return [c for c in train if c["family"] not in val], [c for c in train if c["family"] in val]
 
     def images(self, style: str, concepts: Sequence[dict]) -> np.ndarray:
         """``(n, 3, 64, 64)`` uint8 pictures of ``concepts`` in ``style``."""
