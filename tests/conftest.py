@@ -12,6 +12,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.pop("ANYBIND_LOAD_PLUGINS", None)
 os.environ.pop("ANYBIND_BLOCK_PLUGINS", None)
+# rich lays tables out for an 80-column terminal when it cannot ask one, folding long temporary paths (and the
+# words next to them) across lines by the length of pytest's directory names; tests read whole lines
+os.environ["COLUMNS"] = "400"
 
 import numpy as np
 import pytest
