@@ -36,10 +36,13 @@ TRAIN_VELOCITIES = (60, 90, 120)
 TEST_VELOCITIES = (75, 105)
 TRAIN_RENDERS, TEST_RENDERS = 40, 10
 
-TRAIN_VOICES = ("en-gb", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-us-nyc")
-TRAIN_VARIANTS = ("m1", "m2", "m3", "f1", "f2", "f4")
+# espeak-ng 1.51's English voices, less the two held out. Write "en", not "en-gb": espeak-ng ignores a variant
+# after "en-gb" ("en-gb+f1" speaks exactly as "en"), and it has no "en-us-nyc" (that name speaks as "en-us").
+TRAIN_VOICES = ("en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan")
+# voice variants (formants, breathiness, pitch range); f3 and m7 are left to the held-out voices
+TRAIN_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m8", "f1", "f2", "f4", "f5", "klatt")
 TEST_VOICES = ("en-029+f3", "en-gb-x-gbcwmd+m7")
-SPEECH_TRAIN_PER_VOICE, SPEECH_TEST_PER_VOICE = 4, 3
+SPEECH_TRAIN, SPEECH_TEST_PER_VOICE = 24, 3
 
 
 @dataclass(frozen=True)
@@ -185,18 +188,17 @@ def plan_notes(spec: SoundSpec, seed: int = 0) -> list[NoteRender]:
 
 
 def plan_speech(label: str, seed: int = 0) -> list[SpeechRender]:
-    """24 train renders (6 voices x 4 variants) and 6 test renders (2 held-out voices x 3)."""
+    """24 train renders, no two with the same voice and variant (render r: voice r mod 5, variant r mod 12), and
+    6 test renders (2 held-out voices x 3)."""
     rng = random.Random(f"{seed}:{label}:speech")
     renders = []
-    for v, voice in enumerate(TRAIN_VOICES):
-        for k in range(SPEECH_TRAIN_PER_VOICE):
-            variant = TRAIN_VARIANTS[(v + k) % len(TRAIN_VARIANTS)]
-            name = f"train-{len(renders):03d}"
-            speed, pitch = rng.randint(130, 200), rng.randint(30, 70)
-            renders.append(SpeechRender(name, "train", f"{voice}+{variant}", speed, pitch))
+    for r in range(SPEECH_TRAIN):
+        voice, variant = TRAIN_VOICES[r % len(TRAIN_VOICES)], TRAIN_VARIANTS[r % len(TRAIN_VARIANTS)]
+        speed, pitch = rng.randint(130, 200), rng.randint(30, 70)
+        renders.append(SpeechRender(f"train-{r:03d}", "train", f"{voice}+{variant}", speed, pitch))
     for voice in TEST_VOICES:
         for _ in range(SPEECH_TEST_PER_VOICE):
-            name = f"test-{len(renders) - len(TRAIN_VOICES) * SPEECH_TRAIN_PER_VOICE:03d}"
+            name = f"test-{len(renders) - SPEECH_TRAIN:03d}"
             renders.append(SpeechRender(name, "test", voice, rng.randint(130, 200), rng.randint(30, 70)))
     return renders
 
