@@ -7,9 +7,11 @@ import json
 import numpy as np
 import pytest
 import soundfile
+import torch
 from PIL import Image, ImageDraw
 
 from anybind.plugins.mini import weights
+from anybind.plugins.mini.model import MiniConfig, MiniModel
 from anybind.plugins.mini.training import report, run
 from anybind.plugins.mini.training.data import Corpus, prompts
 from anybind.plugins.mini.training.metrics import recall_at
@@ -84,6 +86,9 @@ def test_run_trains_evaluates_and_writes_loadable_weights(corpus_dir, tmp_path, 
     run.main(["--corpus", str(corpus_dir), "--out", str(out), "--metrics", str(metrics),
               "--seeds", "0,1", "--image-epochs", "2", "--audio-epochs", "2", "--threads", "1"])  # fmt: skip
     info = json.loads(metrics.read_text())
+    assert info["command"].endswith(
+        f"--out {out} --metrics {metrics} --seeds 0,1 --image-epochs 2 --audio-epochs 2 --threads 1"
+    )
     assert [(r["training"]["target"], r["training"]["seed"]) for r in info["audio_runs"]] == [
         ("image", 0), ("text", 0), ("image", 1), ("text", 1),
     ]  # fmt: skip
@@ -101,3 +106,61 @@ def test_run_trains_evaluates_and_writes_loadable_weights(corpus_dir, tmp_path, 
     assert "| held-out concepts, Twemoji (a training style) | 1 |" in tables
     assert "over seeds 0, 1; held-out renders" in tables
     assert tables.count("pictures (emergent)") == tables.count("label texts (control)") == 2
+
+
+def _mean_cos_to_target(model, corpus, target):
+    """Mean cosine of each training clip (as the encoder embeds it) to its concept's target vector."""
+    from anybind.plugins.mini.training.evaluate import embed_clips
+    from anybind.plugins.mini.training.train_audio import concept_targets, load_waves
+
+    waves, clips, hexcodes = load_waves(corpus, "train", model.config.audio.sample_rate)
+    targets = concept_targets(model, corpus, hexcodes, target).numpy()
+    index = {h: i for i, h in enumerate(hexcodes)}
+    vectors = embed_clips(model, waves)
+    return float(np.mean([vectors[i] @ targets[index[clip.hexcode]] for i, clip in enumerate(clips)]))
+
+
+@pytest.mark.parametrize("target", ["image", "text"])
+def test_align_pulls_clips_onto_their_targets_and_all_negatives_score_every_training_concept(corpus_dir, target):
+    import copy
+
+    from anybind.plugins.mini.training.train_audio import train_audio
+
+    torch.manual_seed(0)
+    base = MiniModel(MiniConfig(dim=32, image_channels=(8, 8, 8, 8), audio_channels=(8, 8, 8, 8)))
+    corpus = Corpus(corpus_dir)
+    cosines, summaries = {}, {}
+    for align in (0.0, 5.0):
+        model = copy.deepcopy(base)
+        summaries[align] = train_audio(
+            model, corpus, target=target, epochs=8, lr=5e-3, align=align, negatives="all", log=lambda _: None
+        )
+        cosines[align] = _mean_cos_to_target(model, corpus, target)
+    assert summaries[5.0]["align"] == 5.0 and summaries[5.0]["negatives"] == "all"
+    assert summaries[5.0]["concepts"] == 4 and summaries[5.0]["targets"] == 7  # 4 circles; every training concept
+    assert cosines[5.0] > cosines[0.0] + 0.05
+    with pytest.raises(ValueError, match="negatives is 'audio' or 'all'"):
+        train_audio(copy.deepcopy(base), corpus, epochs=1, negatives="some", log=lambda _: None)
+
+
+def test_image_align_pulls_pictures_onto_their_label_vectors(corpus_dir):
+    import copy
+
+    from anybind.plugins.mini.training.data import TextCache
+    from anybind.plugins.mini.training.train_image import _embed_pictures, _embed_sentences, train_image_text
+
+    torch.manual_seed(0)
+    base = MiniModel(MiniConfig(dim=32, image_channels=(8, 8, 8, 8), audio_channels=(8, 8, 8, 8)))
+    corpus = Corpus(corpus_dir)
+    train = corpus.split("train")
+    cosines = {}
+    for align in (0.0, 5.0):
+        model = copy.deepcopy(base)
+        summary = train_image_text(
+            model, corpus, epochs=6, lr=5e-3, align=align, validation_fraction=0, log=lambda _: None
+        )
+        assert summary["align"] == align
+        pictures = _embed_pictures(model, corpus.images("twitter", train))
+        labels = _embed_sentences(model, TextCache(corpus.root).vectors([c["label"] for c in train]))
+        cosines[align] = float(np.mean(np.sum(pictures * labels, axis=1)))
+    assert cosines[5.0] > cosines[0.0] + 0.05

@@ -1,8 +1,9 @@
 """The towers of anybind-mini: a small image CNN (the anchor), a head over frozen MiniLM, and an audio CNN.
 
-All three end in the same ``dim``-wide space. The image tower and the text head are trained together
-(contrastive, image <-> text); the image tower is then frozen as the anchor and the audio tower is trained
-against it on (audio, image) pairs only. See ``docs/mini-model.md``.
+All three end in the same ``dim``-wide space. The image tower is trained contrastively against the text side
+(MiniLM through the text head; the shipped head is the identity, kept frozen, LiT-style); the image tower is
+then frozen as the anchor and the audio tower is trained against it on (audio, image) pairs only. See
+``docs/mini-model.md``.
 
 Inputs:
 

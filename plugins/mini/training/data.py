@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -110,7 +111,9 @@ class TextCache:
             self.model = MiniLM()
         vectors = self.model.embed(list(sentences))
         self.dir.mkdir(parents=True, exist_ok=True)
-        np.save(path, vectors, allow_pickle=False)
+        partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.npy")  # two runs may share a corpus
+        np.save(partial, vectors, allow_pickle=False)
+        os.replace(partial, path)
         return vectors
 
 

@@ -14,6 +14,8 @@ import argparse
 import copy
 import json
 import platform
+import shlex
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -66,7 +68,14 @@ def main(argv: list[str] | None = None) -> None:
         "--validation", type=float, default=0.0, help="share of training concepts held back to watch (0: none)"
     )
     parser.add_argument("--dim", type=int, default=384, help="width of the space (384: MiniLM's own)")
-    parser.add_argument("--head-lr-scale", type=float, default=0.1, help="text head learning rate / the towers'")
+    parser.add_argument(
+        "--head-lr-scale", type=float, default=0.0, help="text head learning rate / the towers' (0: frozen)"
+    )
+    parser.add_argument("--image-align", type=float, default=0.0, help="step 1: weight of 1 - cos(picture, text)")
+    parser.add_argument("--audio-align", type=float, default=3.0, help="step 2: weight of 1 - cos(clip, target)")
+    parser.add_argument(
+        "--audio-negatives", default="audio", choices=("audio", "all"), help="step 2: targets scored against each clip"
+    )
     parser.add_argument("--soft-temperature", type=float, default=0.1, help="temperature of those targets")
     parser.add_argument(
         "--image-from", type=Path, help="skip step 1: take the image tower and text head from this weights directory"
@@ -94,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
             soft_temperature=args.soft_temperature,
             validation_fraction=args.validation,
             head_lr_scale=args.head_lr_scale,
+            align=args.image_align,
         )
         weights.save(model, args.out, {"image_training": image_training, "stage": "image and text only"})
     image_metrics = evaluate_images(model, corpus, cache, image_training.get("validation_fraction", 0.08))
@@ -108,7 +118,15 @@ def main(argv: list[str] | None = None) -> None:
             run_model = copy.deepcopy(model)
             config = run_model.config
             run_model.audio = ConvTower(1, config.audio_channels, config.dim)
-            training = train_audio(run_model, corpus, target=target, seed=seed, epochs=args.audio_epochs)
+            training = train_audio(
+                run_model,
+                corpus,
+                target=target,
+                seed=seed,
+                epochs=args.audio_epochs,
+                align=args.audio_align,
+                negatives=args.audio_negatives,
+            )
             metrics = evaluate_audio(run_model, corpus, cache)
             print(
                 f"seed {seed} audio->{target}: audio->text R@1 {metrics['audio->text']['R@1']:.3f} "
@@ -122,7 +140,9 @@ def main(argv: list[str] | None = None) -> None:
 
     info = {
         "trained": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "python -m anybind.plugins.mini.training.run " + " ".join(argv or []),
+        "command": shlex.join(
+            ["python", "-m", "anybind.plugins.mini.training.run", *(sys.argv[1:] if argv is None else argv)]
+        ),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "seconds": round(time.monotonic() - started, 1),
         "text_encoder": {"package": minilm.PACKAGE, "sha256": minilm.weights_digest()},

@@ -81,17 +81,31 @@ def train_audio(
     epochs: int = 12,
     batch_size: int = 128,
     lr: float = 2e-3,
+    align: float = 0.0,
+    negatives: str = "audio",
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Train ``model.audio`` in place against ``target`` ("image": the anchor; "text": the control)."""
+    """Train ``model.audio`` in place against ``target`` ("image": the anchor; "text": the control).
+
+    ``align`` > 0 adds ``align * (1 - cos(clip, its concept's target))`` to InfoNCE: the clip is pulled onto its
+    target vector, not only closer to it than to the other targets. InfoNCE alone leaves the directions that do
+    not separate the targets free, and a query that strays there lands anywhere among keys of another modality.
+    ``negatives="all"`` scores each clip against the targets of every training concept (1,620 pictures, or
+    labels for the control) instead of the audio concepts' only: the clip must find its place in the whole
+    space, not only among the 195 things that make sounds.
+    """
     torch.manual_seed(seed)
     torch_gen, np_gen = torch.Generator().manual_seed(seed), np.random.default_rng(seed)
     waves, clips, hexcodes = load_waves(corpus, "train", model.config.audio.sample_rate)
     set_feature_stats(model, waves)
+    if negatives == "all":
+        hexcodes = hexcodes + sorted({c["hexcode"] for c in corpus.split("train")} - set(hexcodes))
+    elif negatives != "audio":
+        raise ValueError(f"negatives is 'audio' or 'all', not {negatives!r}")
     index = {h: i for i, h in enumerate(hexcodes)}
     labels = torch.tensor([index[clip.hexcode] for clip in clips])
     targets = concept_targets(model, corpus, hexcodes, target)
-    log(f"audio -> {target}: {len(clips)} clips of {len(hexcodes)} concepts")
+    log(f"audio -> {target}: {len(clips)} clips of {len(set(labels.tolist()))} concepts, {len(hexcodes)} targets")
 
     logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
     optimizer = torch.optim.AdamW([*model.audio.parameters(), logit_scale], lr=lr, weight_decay=0.05)
@@ -111,8 +125,11 @@ def train_audio(
             with torch.no_grad():
                 logmel = model.logmel(batch_waves([waves[r] for r in rows], length, np_gen))
                 logmel = augment.spec_mask(augment.warp(logmel, torch_gen), torch_gen)
-            logits = logit_scale.exp().clamp(max=100) * model.embed_logmel(logmel) @ targets.T
+            vectors = model.embed_logmel(logmel)
+            logits = logit_scale.exp().clamp(max=100) * vectors @ targets.T
             loss = F.cross_entropy(logits, labels[rows])
+            if align > 0:
+                loss = loss + align * (1 - (vectors * targets[labels[rows]]).sum(-1)).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -129,8 +146,11 @@ def train_audio(
         "epochs": epochs,
         "batch_size": batch_size,
         "lr": lr,
+        "align": align,
+        "negatives": negatives,
         "clips": len(clips),
-        "concepts": len(hexcodes),
+        "concepts": len(set(labels.tolist())),
+        "targets": len(hexcodes),
         "seconds": round(time.monotonic() - started, 1),
         "temperature": float(1 / logit_scale.detach().exp().clamp(max=100)),
         "history": history,

@@ -55,6 +55,7 @@ def train_image_text(
     soft_temperature: float = 0.1,
     validation_fraction: float = 0.08,
     head_lr_scale: float = 1.0,
+    align: float = 0.0,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Train ``model.image`` and ``model.text_head`` in place; returns the training summary.
@@ -62,6 +63,8 @@ def train_image_text(
     ``soft`` > 0 mixes into each one-hot InfoNCE target the softmax (at ``soft_temperature``) of MiniLM's
     similarities between the batch's labels, so that a picture is also drawn a little towards the labels of
     related concepts: the image tower learns MiniLM's neighbourhoods, not only which concept is which.
+    ``align`` > 0 adds ``align * (1 - cos(picture, its sentence))``: the picture vector is pulled onto its text
+    vector (all 384 coordinates as a target), not only nearer to it than to the batch's other sentences.
     """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -118,6 +121,8 @@ def train_image_text(
                 labels = label_vectors[index]
                 target = (1 - soft) * target + soft * torch.softmax(labels @ labels.T / soft_temperature, dim=1)
             loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+            if align > 0:
+                loss = loss + align * (1 - (zi * zt).sum(-1)).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -142,6 +147,7 @@ def train_image_text(
         "soft_temperature": soft_temperature,
         "validation_fraction": validation_fraction,
         "head_lr_scale": head_lr_scale,
+        "align": align,
         "fit_concepts": len(fit),
         "validation_concepts": len(validation),
         "seconds": round(time.monotonic() - started, 1),
