@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 
 import numpy as np
 import pytest
@@ -86,9 +87,9 @@ def test_run_trains_evaluates_and_writes_loadable_weights(corpus_dir, tmp_path, 
     run.main(["--corpus", str(corpus_dir), "--out", str(out), "--metrics", str(metrics),
               "--seeds", "0,1", "--image-epochs", "2", "--audio-epochs", "2", "--threads", "1"])  # fmt: skip
     info = json.loads(metrics.read_text())
-    assert info["command"].endswith(
-        f"--out {out} --metrics {metrics} --seeds 0,1 --image-epochs 2 --audio-epochs 2 --threads 1"
-    )
+    assert shlex.split(info["command"]) == ["python", "-m", "anybind.plugins.mini.training.run",
+        "--corpus", str(corpus_dir), "--out", str(out), "--metrics", str(metrics),
+        "--seeds", "0,1", "--image-epochs", "2", "--audio-epochs", "2", "--threads", "1"]  # fmt: skip
     assert [(r["training"]["target"], r["training"]["seed"]) for r in info["audio_runs"]] == [
         ("image", 0), ("text", 0), ("image", 1), ("text", 1),
     ]  # fmt: skip
@@ -99,7 +100,12 @@ def test_run_trains_evaluates_and_writes_loadable_weights(corpus_dir, tmp_path, 
     model = weights.load(out)
     stats = model.config.audio
     assert stats.std > 0 and stats.mean != 0.0  # the log-mel statistics of the training clips were kept
-    assert weights.read_info(out)["shipped_audio_tower"] == {"target": "image", "seed": 0}
+    shipped = weights.read_info(out)["shipped_audio_tower"]
+    assert (shipped["target"], shipped["seed"]) == ("image", 0)
+    assert shipped["training"] == {k: v for k, v in info["audio_runs"][0]["training"].items() if k != "history"}
+    assert (shipped["training"]["epochs"], shipped["training"]["align"], shipped["training"]["negatives"]) == (
+        2, 3.0, "audio",
+    )  # fmt: skip
     capsys.readouterr()
     report.main([str(metrics)])
     tables = capsys.readouterr().out
@@ -164,3 +170,39 @@ def test_image_align_pulls_pictures_onto_their_label_vectors(corpus_dir):
         labels = _embed_sentences(model, TextCache(corpus.root).vectors([c["label"] for c in train]))
         cosines[align] = float(np.mean(np.sum(pictures * labels, axis=1)))
     assert cosines[5.0] > cosines[0.0] + 0.05
+
+
+def test_a_frozen_text_head_stays_minilm_identity_and_a_trained_one_moves(corpus_dir):
+    import copy
+
+    from anybind.plugins.mini.training.train_image import train_image_text
+
+    torch.manual_seed(0)
+    base = MiniModel(MiniConfig(dim=384, image_channels=(8, 8, 8, 8), audio_channels=(8, 8, 8, 8)))
+    start = copy.deepcopy(base.text_head.state_dict())
+    assert torch.equal(start["linear.weight"], torch.eye(384))
+    corpus = Corpus(corpus_dir)
+    heads, pictures = {}, {}
+    for scale in (0.0, 1.0):
+        model = copy.deepcopy(base)
+        summary = train_image_text(
+            model, corpus, epochs=3, lr=5e-3, head_lr_scale=scale, validation_fraction=0, log=lambda _: None
+        )
+        assert summary["head_lr_scale"] == scale
+        heads[scale], pictures[scale] = model.text_head.state_dict(), model.image.state_dict()
+    assert all(torch.equal(heads[0.0][k], start[k]) for k in start)
+    assert not torch.equal(heads[1.0]["linear.weight"], start["linear.weight"])
+    assert not torch.equal(pictures[0.0]["proj.weight"], base.image.state_dict()["proj.weight"])
+
+
+def test_a_frozen_text_head_must_be_the_identity_and_the_run_must_ship_an_emergent_tower(corpus_dir, tmp_path):
+    from anybind.plugins.mini.training.train_image import train_image_text
+
+    narrow = MiniModel(MiniConfig(dim=32, image_channels=(8, 8, 8, 8), audio_channels=(8, 8, 8, 8)))
+    with pytest.raises(ValueError, match=r"frozen text head .* dim 384 and no MLP, not dim 32"):
+        train_image_text(narrow, Corpus(corpus_dir), epochs=1, head_lr_scale=0.0, log=lambda _: None)
+    with pytest.raises(ValueError, match="head_lr_scale is a learning-rate ratio >= 0, not -1"):
+        train_image_text(narrow, Corpus(corpus_dir), epochs=1, head_lr_scale=-1.0, log=lambda _: None)
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["--corpus", str(corpus_dir), "--out", str(tmp_path / "w"), "--targets", "text"])
+    assert exit_info.value.code == 2 and not (tmp_path / "w").exists()

@@ -2,7 +2,7 @@
 
     python -m anybind.plugins.mini.training.run --corpus DIR --out plugins/mini/weights --seeds 0,1,2
 
-1. image tower + text head (seed = the first seed), against frozen MiniLM;
+1. image tower (seed = the first seed) against frozen MiniLM, the text head frozen at the identity by default;
 2. per seed: the audio tower against the frozen image tower (emergent), and a control against the text head;
 3. the weights of step 1 plus the emergent audio tower of the first seed go to ``--out``
    (``mini.safetensors`` + ``mini.json``); every figure (all seeds, both targets) to ``--metrics FILE``.
@@ -69,7 +69,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--dim", type=int, default=384, help="width of the space (384: MiniLM's own)")
     parser.add_argument(
-        "--head-lr-scale", type=float, default=0.0, help="text head learning rate / the towers' (0: frozen)"
+        "--head-lr-scale",
+        type=float,
+        default=0.0,
+        help="text head learning rate / the towers' (0: frozen identity; needs --dim 384, --text-hidden 0)",
     )
     parser.add_argument("--image-align", type=float, default=0.0, help="step 1: weight of 1 - cos(picture, text)")
     parser.add_argument("--audio-align", type=float, default=3.0, help="step 2: weight of 1 - cos(clip, target)")
@@ -81,6 +84,9 @@ def main(argv: list[str] | None = None) -> None:
         "--image-from", type=Path, help="skip step 1: take the image tower and text head from this weights directory"
     )
     args = parser.parse_args(argv)
+    targets = args.targets.split(",")
+    if "image" not in targets or not set(targets) <= {"image", "text"}:
+        parser.error(f"--targets: 'image' (the shipped emergent tower), optionally with 'text'; not {args.targets!r}")
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
     started = time.monotonic()
@@ -111,9 +117,9 @@ def main(argv: list[str] | None = None) -> None:
         t2i = figures["text->image"]
         print(f"{name}: text->image R@1 {t2i['R@1']:.3f} R@5 {t2i['R@5']:.3f} (n={t2i['n_queries']})")
 
-    audio_runs, shipped = [], None
+    audio_runs, shipped, shipped_training = [], None, {}
     for seed in seeds:
-        for target in args.targets.split(","):
+        for target in targets:
             torch.manual_seed(seed)
             run_model = copy.deepcopy(model)
             config = run_model.config
@@ -135,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
             audio_runs.append({"training": training, "metrics": metrics})
             if target == "image" and seed == seeds[0]:
                 shipped = run_model
-    summary = summarise(audio_runs) if {"image", "text"} <= set(args.targets.split(",")) else {}
+                shipped_training = {k: v for k, v in training.items() if k != "history"}
+    summary = summarise(audio_runs) if "text" in targets else {}
     print(f"emergent/control audio->text: {json.dumps(summary.get('ratio_audio_to_text'))}")
 
     info = {
@@ -153,7 +160,11 @@ def main(argv: list[str] | None = None) -> None:
         "image_metrics": image_metrics,
         "audio_runs": audio_runs,
         "audio_summary": summary,
-        "shipped_audio_tower": {"target": "image", "seed": seeds[0]},
+        "shipped_audio_tower": {
+            "target": "image",
+            "seed": seeds[0],
+            "training": shipped_training,
+        },
     }
     kept = ("trained", "command", "machine", "text_encoder", "image_training", "shipped_audio_tower", "audio_summary")
     weights.save(shipped, args.out, {k: info[k] for k in kept})

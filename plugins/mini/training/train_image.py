@@ -1,4 +1,4 @@
-"""Stage 1: the image tower and the text head, trained together against frozen MiniLM sentence vectors.
+"""Stage 1: the image tower trained against frozen MiniLM sentence vectors (and the text head, unless frozen).
 
 Symmetric InfoNCE (CLIP's loss) over batches of distinct concepts: each concept brings one picture (a random
 training art style, augmented) and one of its sentences. The temperature is learned. Held-out concepts and the
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from anybind.plugins.mini.model import MiniModel
+from anybind.plugins.mini.model import TEXT_WIDTH, MiniModel
 
 from . import augment
 from .data import TRAIN_STYLES, Corpus, TextCache, prompts
@@ -58,7 +58,11 @@ def train_image_text(
     align: float = 0.0,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Train ``model.image`` and ``model.text_head`` in place; returns the training summary.
+    """Train ``model.image`` (and ``model.text_head`` unless ``head_lr_scale`` is 0) in place; returns the summary.
+
+    ``head_lr_scale`` is the text head's learning rate over the image tower's. 0 freezes the head: the text side
+    stays MiniLM's own space (LiT's locked text tower), which needs a head that starts as the identity
+    (``dim`` 384 and no MLP); any other head would stay at its random start, so that raises ``ValueError``.
 
     ``soft`` > 0 mixes into each one-hot InfoNCE target the softmax (at ``soft_temperature``) of MiniLM's
     similarities between the batch's labels, so that a picture is also drawn a little towards the labels of
@@ -66,6 +70,13 @@ def train_image_text(
     ``align`` > 0 adds ``align * (1 - cos(picture, its sentence))``: the picture vector is pulled onto its text
     vector (all 384 coordinates as a target), not only nearer to it than to the batch's other sentences.
     """
+    if head_lr_scale < 0:
+        raise ValueError(f"head_lr_scale is a learning-rate ratio >= 0, not {head_lr_scale}")
+    if head_lr_scale == 0 and (model.config.dim != TEXT_WIDTH or model.config.text_hidden):
+        raise ValueError(
+            f"a frozen text head (head_lr_scale 0) must be MiniLM's identity map: dim {TEXT_WIDTH} and no MLP, "
+            f"not dim {model.config.dim} with hidden {model.config.text_hidden}; train the head (e.g. 1.0)"
+        )
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     fit, validation = corpus.validation_split(validation_fraction, seed=0)
@@ -86,14 +97,12 @@ def train_image_text(
     )
 
     logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": [*model.image.parameters(), logit_scale]},
-            {"params": list(model.text_head.parameters()), "lr": lr * head_lr_scale},
-        ],
-        lr=lr,
-        weight_decay=0.05,
-    )
+    groups = [{"params": [*model.image.parameters(), logit_scale]}]
+    if head_lr_scale > 0:
+        groups.append({"params": list(model.text_head.parameters()), "lr": lr * head_lr_scale})
+    else:
+        model.text_head.requires_grad_(False)
+    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=0.05)
     steps_per_epoch = math.ceil(len(fit) / batch_size)
     total = epochs * steps_per_epoch
     warmup = steps_per_epoch * 2
