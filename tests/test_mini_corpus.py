@@ -324,7 +324,7 @@ def test_rendering_real_sounds_and_speech(tmp_path: Path) -> None:
     assert 0.2 < clip.size / corpus_audio.SAMPLE_RATE <= 2.0
 
 
-def test_every_training_voice_sounds_different() -> None:
+def test_every_training_voice_gives_its_own_waveform() -> None:
     """espeak-ng silently falls back for voice names it does not know or variants it ignores ("en-gb+f1" speaks
     as "en"): each voice+variant of the plan must give its own waveform, or the corpus has fewer voices than
     it says."""

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--targets", default="image,text", help="audio runs: image (emergent), text (control)")
     parser.add_argument("--image-epochs", type=int, default=50)
-    parser.add_argument("--audio-epochs", type=int, default=16)
+    parser.add_argument("--audio-epochs", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--text-hidden", type=int, default=0, help="width of the text head's MLP (0: linear)")
     parser.add_argument("--batch-size", type=int, default=256, help="step 1's batch (concepts per step)")

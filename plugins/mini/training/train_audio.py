@@ -78,7 +78,7 @@ def train_audio(
     *,
     target: str = "image",
     seed: int = 0,
-    epochs: int = 12,
+    epochs: int = 64,
     batch_size: int = 128,
     lr: float = 2e-3,
     align: float = 0.0,
