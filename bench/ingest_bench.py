@@ -179,19 +179,17 @@ def _stop(start: float, cpu: float) -> dict[str, Any]:
     }
 
 
-def child_one_at_a_time(model: str, images: str, db: str) -> dict[str, Any]:
-    """The tutorial pattern: open, preprocess, encode and ``collection.add`` one image at a time."""
+def _one_at_a_time(images: str, db: str, preprocess: Any, forward: Any) -> dict[str, Any]:
+    """The tutorial loop, timed by stage: per file open (decode to RGB), ``preprocess(image)``, ``forward(inputs)``
+    (a unit vector as a list) and ``collection.add`` of that one item into a persistent chromadb collection."""
     import chromadb
-    import torch
     from chromadb.config import Settings
     from PIL import Image
 
-    clip, processor = _load_hf(model)
     paths = _listing(images)
     client = chromadb.PersistentClient(path=db, settings=Settings(anonymized_telemetry=False))
     collection = client.get_or_create_collection("photos", embedding_function=None)
-    with torch.no_grad():  # warm-up: one image through processor and model, not added
-        clip.get_image_features(**processor(images=Image.open(paths[0]), return_tensors="pt"))
+    forward(preprocess(Image.open(paths[0]).convert("RGB")))  # warm-up: one image, not added
     stages = dict.fromkeys(("open", "preprocess", "forward", "add"), 0.0)
     check: list[list[float]] = []
     load_before, cpu, start = list(os.getloadavg()), time.process_time(), time.perf_counter()
@@ -199,12 +197,9 @@ def child_one_at_a_time(model: str, images: str, db: str) -> dict[str, Any]:
         t0 = time.perf_counter()
         image = Image.open(path).convert("RGB")
         t1 = time.perf_counter()
-        inputs = processor(images=image, return_tensors="pt")
+        inputs = preprocess(image)
         t2 = time.perf_counter()
-        with torch.no_grad():
-            output = clip.get_image_features(**inputs)
-        features = getattr(output, "pooler_output", output)  # transformers 5 returns an output object
-        embedding = (features / features.norm(dim=-1, keepdim=True))[0].tolist()
+        embedding = forward(inputs)
         t3 = time.perf_counter()
         collection.add(ids=[str(number)], embeddings=[embedding], metadatas=[{"path": str(path)}])
         t4 = time.perf_counter()
@@ -213,9 +208,24 @@ def child_one_at_a_time(model: str, images: str, db: str) -> dict[str, Any]:
         if number < CHECK:
             check.append(embedding)
     result = _stop(start, cpu)
-    result.update(items=collection.count(), stages=stages, load_before=load_before)
+    result.update(items=collection.count(), stages=stages, load_before=load_before, check=_unit(check))
+    return result
+
+
+def child_one_at_a_time(model: str, images: str, db: str) -> dict[str, Any]:
+    """The tutorial pattern: open, preprocess, encode and ``collection.add`` one image at a time."""
+    import torch
+
+    clip, processor = _load_hf(model)
+
+    def forward(inputs: Any) -> list[float]:
+        with torch.no_grad():
+            output = clip.get_image_features(**inputs)
+        features = getattr(output, "pooler_output", output)  # transformers 5 returns an output object
+        return (features / features.norm(dim=-1, keepdim=True))[0].tolist()
+
+    result = _one_at_a_time(images, db, lambda image: processor(images=image, return_tensors="pt"), forward)
     result["processor"] = type(processor).__name__
-    result["check"] = _unit(check)
     return result
 
 
@@ -244,9 +254,25 @@ def child_anybind(images: str, db: str, batch_size: int, model: str = "", space:
     return result
 
 
+def _raw(batches: list[Any], forward: Any) -> dict[str, Any]:
+    """Time ``forward(batch)`` (returns the batch's vectors) over pre-processed batches, after a 2-image warm-up."""
+    import torch
+
+    check: list[Any] = []
+    with torch.inference_mode():
+        forward(batches[0][:2])  # warm-up
+        load_before, cpu, start = list(os.getloadavg()), time.process_time(), time.perf_counter()
+        for pixels in batches:
+            out = forward(pixels)
+            if not check:
+                check = out[:CHECK].tolist()
+        result = _stop(start, cpu)
+    result.update(items=sum(len(b) for b in batches), load_before=load_before, check=_unit(check))
+    return result
+
+
 def child_raw(model: str, images: str, batch_size: int) -> dict[str, Any]:
     """Only ``get_image_features`` on pre-decoded, pre-processed tensors, in batches."""
-    import torch
     from PIL import Image
 
     clip, processor = _load_hf(model)
@@ -255,16 +281,12 @@ def child_raw(model: str, images: str, batch_size: int) -> dict[str, Any]:
     for first in range(0, len(paths), batch_size):  # decoding and preprocessing: not timed
         chunk = [Image.open(p).convert("RGB") for p in paths[first : first + batch_size]]
         batches.append(processor(images=chunk, return_tensors="pt")["pixel_values"])
-    check: list[Any] = []
-    with torch.inference_mode():
-        clip.get_image_features(pixel_values=batches[0][:2])  # warm-up
-        load_before, cpu, start = list(os.getloadavg()), time.process_time(), time.perf_counter()
-        for pixels in batches:
-            output = clip.get_image_features(pixel_values=pixels)
-            if not check:
-                check = getattr(output, "pooler_output", output)[:CHECK].tolist()
-        result = _stop(start, cpu)
-    result.update(items=sum(len(b) for b in batches), load_before=load_before, check=_unit(check))
+
+    def forward(pixels: Any) -> Any:
+        output = clip.get_image_features(pixel_values=pixels)
+        return getattr(output, "pooler_output", output)
+
+    result = _raw(batches, forward)
     result["processor"] = type(processor).__name__
     return result
 
@@ -276,42 +298,21 @@ def _load_mini() -> Any:
 
 
 def child_mini_one_at_a_time(images: str, db: str) -> dict[str, Any]:
-    """The tutorial pattern with anybind-mini's image tower: open, preprocess, encode, ``collection.add``, per file."""
-    import chromadb
+    """The tutorial pattern with anybind-mini's image tower (its own ``image_array`` preprocessing)."""
     import torch
-    from chromadb.config import Settings
-    from PIL import Image
 
     from anybind.plugins.mini.model import image_array
 
     model = _load_mini()
-    size = model.config.image_size
-    paths = _listing(images)
-    client = chromadb.PersistentClient(path=db, settings=Settings(anonymized_telemetry=False))
-    collection = client.get_or_create_collection("photos", embedding_function=None)
-    with torch.inference_mode():  # warm-up: one image, not added
-        model.embed_images(torch.from_numpy(image_array(Image.open(paths[0]).convert("RGB"), size)[None]))
-    stages = dict.fromkeys(("open", "preprocess", "forward", "add"), 0.0)
-    check: list[list[float]] = []
-    load_before, cpu, start = list(os.getloadavg()), time.process_time(), time.perf_counter()
-    for number, path in enumerate(paths):
-        t0 = time.perf_counter()
-        image = Image.open(path).convert("RGB")
-        t1 = time.perf_counter()
-        pixels = torch.from_numpy(image_array(image, size)[None])
-        t2 = time.perf_counter()
+
+    def forward(pixels: Any) -> list[float]:
         with torch.inference_mode():
-            embedding = model.embed_images(pixels)[0].tolist()  # unit length already
-        t3 = time.perf_counter()
-        collection.add(ids=[str(number)], embeddings=[embedding], metadatas=[{"path": str(path)}])
-        t4 = time.perf_counter()
-        for stage, took in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
-            stages[stage] += took
-        if number < CHECK:
-            check.append(embedding)
-    result = _stop(start, cpu)
-    result.update(items=collection.count(), stages=stages, load_before=load_before, check=_unit(check))
-    return result
+            return model.embed_images(pixels)[0].tolist()  # unit length already
+
+    def preprocess(image: Any) -> Any:
+        return torch.from_numpy(image_array(image, model.config.image_size)[None])
+
+    return _one_at_a_time(images, db, preprocess, forward)
 
 
 def child_mini_raw(images: str, batch_size: int) -> dict[str, Any]:
@@ -328,17 +329,7 @@ def child_mini_raw(images: str, batch_size: int) -> dict[str, Any]:
         torch.from_numpy(np.stack([image_array(Image.open(p).convert("RGB"), size) for p in paths[i : i + batch_size]]))
         for i in range(0, len(paths), batch_size)
     ]
-    check: list[Any] = []
-    with torch.inference_mode():
-        model.embed_images(batches[0][:2])  # warm-up
-        load_before, cpu, start = list(os.getloadavg()), time.process_time(), time.perf_counter()
-        for pixels in batches:
-            out = model.embed_images(pixels)
-            if not check:
-                check = out[:CHECK].tolist()
-        result = _stop(start, cpu)
-    result.update(items=sum(len(b) for b in batches), load_before=load_before, check=_unit(check))
-    return result
+    return _raw(batches, model.embed_images)
 
 
 def vision_gflop() -> float:
