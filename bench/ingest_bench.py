@@ -452,6 +452,12 @@ def _targets(ratio: float | None, overhead: float | None, numbers: dict[str, Any
     return [ingest, pipe, _mini_target(numbers)]
 
 
+def _stage_split(stages: dict[str, float]) -> str:
+    """The one-at-a-time loop's seconds per stage as shares: ``open 3%, preprocess 2%, ...``."""
+    total = sum(stages.values())
+    return ", ".join(f"{k} {v / total:.0%}" for k, v in stages.items())
+
+
 def _mini_target(numbers: dict[str, Any]) -> Target:
     """The 10x target with anybind-mini, and the ceiling set by decoding: anybind must still open and preprocess
     every file, so with all cores decoding it cannot beat (a)'s total time / ((a)'s decode time / cores)."""
@@ -468,7 +474,7 @@ def _mini_target(numbers: dict[str, Any]) -> Target:
     cores = os.cpu_count() or 1
     ceiling = total / (decode / cores)
     numbers["mini_decode_ceiling"] = ceiling
-    split = ", ".join(f"{k} {v / total:.0%}" for k, v in stages.items())
+    split = _stage_split(stages)
     why = (
         f"{ratio:.2f}x measured. (a)'s time: {split}. Opening, decoding and preprocessing are work anybind has to "
         f"do as well: with all {cores} cores on them and nothing else, a pipeline that decodes every pixel, as (a) "
@@ -573,9 +579,7 @@ def render(numbers: dict[str, Any], command: str) -> Section:
         verdict = "not measured" if met is None else ("**met**" if met else "**not met**")
         lines.append(f"- Target: {target} — {verdict}: {why}.")
     if stages:
-        total = sum(stages.values())
-        split = ", ".join(f"{k} {v / total:.0%}" for k, v in stages.items())
-        lines.append(f"- Where ViT-B/32 (a)'s time goes: {split}.")
+        lines.append(f"- Where ViT-B/32 (a)'s time goes: {_stage_split(stages)}.")
     threads = runs["raw"].get("torch_threads", "?")
     loads = ", ".join(f"{name} {run['load_before'][0]:.1f}" for name, run in runs.items() if "load_before" in run)
     agreement = numbers.get("vector_agreement_min_cosine")
