@@ -116,28 +116,35 @@ def generate_images(directory: Path, count: int) -> list[Path]:
 
 def build_vit_b32(directory: Path) -> Path:
     """Save a randomly initialised real-size CLIP ViT-B/32 + tokenizer + real image processor (reused if there)."""
+    return build_clip(directory, VISION, TEXT, PROJECTION)
+
+
+def build_clip(directory: Path, vision: dict[str, int], text_config: dict[str, int], projection: int) -> Path:
+    """Save a randomly initialised CLIP of this architecture + the test tokenizer + an image processor with the
+    real CLIP settings (bicubic resize of the short side, centre crop, CLIP mean/std), reused when already there."""
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
     from anybind.testing import BOS, EOS, PAD, train_tokenizer
 
     stamp = directory / "bench-built.json"
-    wanted = {"vision": VISION, "text": TEXT, "projection": PROJECTION, "seed": SEED}
+    wanted = {"vision": vision, "text": text_config, "projection": projection, "seed": SEED}
     if stamp.exists() and json.loads(stamp.read_text()) == wanted:
         return directory
     shutil.rmtree(directory, ignore_errors=True)
     tokenizer = train_tokenizer()
-    text = dict(TEXT, vocab_size=len(tokenizer), bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
+    text = dict(text_config, vocab_size=len(tokenizer), bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
     torch.manual_seed(SEED)
-    model = CLIPModel(CLIPConfig(text_config=text, vision_config=VISION, projection_dim=PROJECTION))
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection))
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
+    size = vision["image_size"]
     CLIPImageProcessor(
         do_resize=True,
-        size={"shortest_edge": 224},
+        size={"shortest_edge": size},
         resample=3,  # bicubic
         do_center_crop=True,
-        crop_size={"height": 224, "width": 224},
+        crop_size={"height": size, "width": size},
         do_rescale=True,
         rescale_factor=1 / 255,
         do_normalize=True,
@@ -161,10 +168,14 @@ def _unit(vectors: Any) -> list[list[float]]:
     return (array / np.linalg.norm(array, axis=1, keepdims=True)).tolist()
 
 
-def _load_hf(model: str) -> tuple[Any, Any]:
+def _load_hf(model: str, device: str = "cpu") -> tuple[Any, Any]:
+    """The CLIP model (fp16 on a GPU, as anybind runs it there) and its image processor."""
+    import torch
     from transformers import AutoImageProcessor, CLIPModel
 
-    return CLIPModel.from_pretrained(model).eval(), AutoImageProcessor.from_pretrained(model)
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    clip = CLIPModel.from_pretrained(model, dtype=dtype).to(device).eval()
+    return clip, AutoImageProcessor.from_pretrained(model)
 
 
 def _stop(start: float, cpu: float) -> dict[str, Any]:
@@ -179,16 +190,34 @@ def _stop(start: float, cpu: float) -> dict[str, Any]:
     }
 
 
-def _one_at_a_time(images: str, db: str, preprocess: Any, forward: Any) -> dict[str, Any]:
+class _NoStore:
+    """Stands in for the chromadb collection where chromadb is not installed (``db=None``): adds nothing."""
+
+    def __init__(self) -> None:
+        self.added = 0
+
+    def add(self, ids: list[str], **_: Any) -> None:
+        self.added += len(ids)
+
+    def count(self) -> int:
+        return self.added
+
+
+def _one_at_a_time(images: str, db: str | None, preprocess: Any, forward: Any) -> dict[str, Any]:
     """The tutorial loop, timed by stage: per file open (decode to RGB), ``preprocess(image)``, ``forward(inputs)``
-    (a unit vector as a list) and ``collection.add`` of that one item into a persistent chromadb collection."""
-    import chromadb
-    from chromadb.config import Settings
+    (a unit vector as a list) and ``collection.add`` of that one item into a persistent chromadb collection
+    (``db=None``: no store at all, so the loop is faster than the tutorial's and a ratio against it is a floor)."""
     from PIL import Image
 
     paths = _listing(images)
-    client = chromadb.PersistentClient(path=db, settings=Settings(anonymized_telemetry=False))
-    collection = client.get_or_create_collection("photos", embedding_function=None)
+    if db is None:
+        collection: Any = _NoStore()
+    else:
+        import chromadb
+        from chromadb.config import Settings
+
+        client = chromadb.PersistentClient(path=db, settings=Settings(anonymized_telemetry=False))
+        collection = client.get_or_create_collection("photos", embedding_function=None)
     forward(preprocess(Image.open(paths[0]).convert("RGB")))  # warm-up: one image, not added
     stages = dict.fromkeys(("open", "preprocess", "forward", "add"), 0.0)
     check: list[list[float]] = []
@@ -212,16 +241,16 @@ def _one_at_a_time(images: str, db: str, preprocess: Any, forward: Any) -> dict[
     return result
 
 
-def child_one_at_a_time(model: str, images: str, db: str) -> dict[str, Any]:
+def child_one_at_a_time(model: str, images: str, db: str | None, device: str = "cpu") -> dict[str, Any]:
     """The tutorial pattern: open, preprocess, encode and ``collection.add`` one image at a time."""
     import torch
 
-    clip, processor = _load_hf(model)
+    clip, processor = _load_hf(model, device)
 
     def forward(inputs: Any) -> list[float]:
         with torch.no_grad():
-            output = clip.get_image_features(**inputs)
-        features = getattr(output, "pooler_output", output)  # transformers 5 returns an output object
+            output = clip.get_image_features(pixel_values=inputs["pixel_values"].to(device, clip.dtype))
+        features = getattr(output, "pooler_output", output).float()  # transformers 5 returns an output object
         return (features / features.norm(dim=-1, keepdim=True))[0].tolist()
 
     result = _one_at_a_time(images, db, lambda image: processor(images=image, return_tensors="pt"), forward)
@@ -229,18 +258,26 @@ def child_one_at_a_time(model: str, images: str, db: str) -> dict[str, Any]:
     return result
 
 
-def child_anybind(images: str, db: str, batch_size: int, model: str = "", space: str = "") -> dict[str, Any]:
+def child_anybind(
+    images: str,
+    db: str,
+    batch_size: int,
+    model: str = "",
+    space: str = "",
+    device: str = "cpu",
+    workers: int | None = None,
+) -> dict[str, Any]:
     """``Store.open(...).add_files([dir])`` — what ``anybind index DIR --db DB --space SPACE`` runs (default
-    space: ``clip:MODEL``)."""
+    space: ``clip:MODEL``; ``workers``: decode threads, anybind's default when None)."""
     import torch  # noqa: F401 - imported before timing, as the CLI would have
 
     from anybind import Store
 
     paths = _listing(images)
-    store = Store.open(db, space=space or f"clip:{model}", device="cpu", batch_size=batch_size)
+    store = Store.open(db, space=space or f"clip:{model}", device=device, batch_size=batch_size)
     store.space.embed("image", paths[:2])  # loads the model and warms it up; not stored
     load_before, cpu, start = list(os.getloadavg()), time.process_time(), time.perf_counter()
-    report = store.add_files([images])
+    report = store.add_files([images], workers=workers)
     result = _stop(start, cpu)
     result.update(items=len(report.ids), errors=len(report.errors), load_before=load_before)
     ids = [report.added[str(path)][0] for path in paths[:CHECK]]
@@ -249,7 +286,7 @@ def child_anybind(images: str, db: str, batch_size: int, model: str = "", space:
         from transformers import AutoImageProcessor
 
         result["processor"] = type(AutoImageProcessor.from_pretrained(model)).__name__  # the class anybind loads
-    result["decode_workers"] = min(4, os.cpu_count() or 1)
+    result["decode_workers"] = workers or min(4, os.cpu_count() or 1)
     store.close()
     return result
 
@@ -271,11 +308,12 @@ def _raw(batches: list[Any], forward: Any) -> dict[str, Any]:
     return result
 
 
-def child_raw(model: str, images: str, batch_size: int) -> dict[str, Any]:
-    """Only ``get_image_features`` on pre-decoded, pre-processed tensors, in batches."""
+def child_raw(model: str, images: str, batch_size: int, device: str = "cpu") -> dict[str, Any]:
+    """Only ``get_image_features`` on pre-decoded, pre-processed tensors in host memory, in batches (on a GPU: the
+    copy to it, the fp16 forward and the vectors' copy back are timed, as anybind does all three)."""
     from PIL import Image
 
-    clip, processor = _load_hf(model)
+    clip, processor = _load_hf(model, device)
     paths = _listing(images)
     batches = []
     for first in range(0, len(paths), batch_size):  # decoding and preprocessing: not timed
@@ -283,8 +321,8 @@ def child_raw(model: str, images: str, batch_size: int) -> dict[str, Any]:
         batches.append(processor(images=chunk, return_tensors="pt")["pixel_values"])
 
     def forward(pixels: Any) -> Any:
-        output = clip.get_image_features(pixel_values=pixels)
-        return getattr(output, "pooler_output", output)
+        output = clip.get_image_features(pixel_values=pixels.to(device, clip.dtype))
+        return getattr(output, "pooler_output", output).float().cpu()  # .cpu() waits for the GPU
 
     result = _raw(batches, forward)
     result["processor"] = type(processor).__name__
@@ -332,14 +370,14 @@ def child_mini_raw(images: str, batch_size: int) -> dict[str, Any]:
     return _raw(batches, model.embed_images)
 
 
-def vision_gflop() -> float:
+def vision_gflop(vision: dict[str, int] = VISION, projection: int = PROJECTION) -> float:
     """GFLOP of one image through the vision tower + projection (2 FLOP per multiply-add; norms etc. left out)."""
-    width, mlp, layers = VISION["hidden_size"], VISION["intermediate_size"], VISION["num_hidden_layers"]
-    patches = (VISION["image_size"] // VISION["patch_size"]) ** 2
+    width, mlp, layers = vision["hidden_size"], vision["intermediate_size"], vision["num_hidden_layers"]
+    patches = (vision["image_size"] // vision["patch_size"]) ** 2
     tokens = patches + 1  # + the class token
-    patch_embed = patches * 3 * VISION["patch_size"] ** 2 * width
+    patch_embed = patches * 3 * vision["patch_size"] ** 2 * width
     per_layer = tokens * (4 * width * width + 2 * width * mlp) + 2 * tokens * tokens * width
-    return 2 * (patch_embed + layers * per_layer + width * PROJECTION) / 1e9
+    return 2 * (patch_embed + layers * per_layer + width * projection) / 1e9
 
 
 def _gflops(rate: float | None) -> str:

@@ -1,12 +1,13 @@
 """Run the benchmarks of issue 6 and write ``docs/benchmarks.md`` (plus PNGs and results.json under
 ``docs/benchmarks/``).
 
-    python bench/run.py [--quick] [--only search,ingest,bandwidth] [--workdir DIR]
+    python bench/run.py [--quick] [--only ingest,search,bandwidth,gpu] [--workdir DIR]
 
 ``--quick``: the reduced sizes (about 10 minutes on 2 cores); without it the full run (100k and 1M vectors,
 1,000 queries: expect hours on 2 cores). ``--only`` runs some sections and keeps the others from the previous
-run's results.json. Progress goes to stderr. Generated data, stores and models live in ``--workdir``
-(default: ``$TMPDIR/anybind-bench``; data files are reused between runs when their parameters match).
+run's results.json. A section that could not run on this machine (GPU on a machine without one) keeps the
+previous run's figures when there are any. Progress goes to stderr. Generated data, stores and models live in
+``--workdir`` (default: ``$TMPDIR/anybind-bench``; data files are reused between runs when their parameters match).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ SECTIONS = {
     "ingest": ("ingest_bench", "Ingest"),
     "search": ("search_bench", "Search"),
     "bandwidth": ("bandwidth", "Physical limit"),
+    "gpu": ("gpu_bench", "GPU"),
 }
 
 
@@ -79,7 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     sections, carried = [], {}
     for name, (_, title) in SECTIONS.items():
         if name in wanted:
-            sections.append(run_section(name, args.quick, args.workdir))
+            section = run_section(name, args.quick, args.workdir)
+            if section.results.get("not_run") and title in previous and not _not_run(previous[title]):
+                log(f"{name}: not run here ({section.results['not_run']}); keeping the previous run's figures")
+                carried[title] = previous[title]
+                section = report.section_from_record(title, previous[title])
+            sections.append(section)
         elif title in previous:
             carried[title] = previous[title]
             sections.append(report.section_from_record(title, previous[title]))
@@ -87,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     path = report.write(sections, meta, carried)
     log(f"wrote {path} ({meta['duration_s'] / 60:.1f} min)")
     return 0
+
+
+def _not_run(record: dict) -> bool:
+    return bool(record.get("results", {}).get("not_run"))
 
 
 if __name__ == "__main__":
