@@ -4,7 +4,7 @@
     python bench/run.py [--quick] [--only ingest,search,bandwidth,gpu] [--workdir DIR]
 
 ``--quick``: the reduced sizes (about 10 minutes on 2 cores); without it the full run (100k and 1M vectors,
-1,000 queries: expect hours on 2 cores). ``--only`` runs some sections and keeps the others from the previous
+1,000 queries: about 1.5 hours on 2 cores). ``--only`` runs some sections and keeps the others from the previous
 run's results.json. A section that could not run on this machine (GPU on a machine without one) keeps the
 previous run's figures when there are any. Progress goes to stderr. Generated data, stores and models live in
 ``--workdir`` (default: ``$TMPDIR/anybind-bench``; data files are reused between runs when their parameters match).
