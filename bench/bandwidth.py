@@ -27,7 +27,7 @@ import faiss
 import numpy as np
 import search_bench
 import search_systems
-from common import FIG_DIR, Section, best_of, figure_link, log, md_table
+from common import FIG_DIR, Section, best_of, figure_link, log, md_table, save_figure
 
 GIB = 2**30
 ARRAY_BYTES = GIB
@@ -261,9 +261,4 @@ def _plot(sweeps: dict[int, list[dict]], read_gb_s: float, roofs: dict[str, dict
     left.legend(fontsize=8)
     left.set_title("Flat scan: effective bandwidth by batch")
     right.set_title("Flat scan: throughput by batch")
-    fig.tight_layout()
-    FIG_DIR.mkdir(parents=True, exist_ok=True)
-    path = FIG_DIR / "flat_scan_batch_sweep.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, FIG_DIR / "flat_scan_batch_sweep.png")

@@ -273,6 +273,17 @@ def fmt(value: Any) -> str:
     return f"{value:.3g}"
 
 
+def save_figure(fig: Any, path: Path) -> Path:
+    """Lay out, write (110 dpi PNG, creating the folder) and close a matplotlib figure; returns ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def figure_link(path: Path) -> str:
     """Markdown image link to a figure, relative to ``docs/``."""
     return f"![{path.stem}]({path.resolve().relative_to(DOCS.resolve()).as_posix()})"

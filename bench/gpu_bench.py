@@ -40,6 +40,7 @@ from common import (
     md_table,
     recall_at_k,
     run_in_child,
+    save_figure,
     summarize,
     utc_now,
 )
@@ -487,12 +488,7 @@ def _figure(numbers: dict[str, Any], figure_dir: Path) -> Path:
     scan.set(xscale="log", yscale="log", xlabel="queries per call", ylabel="effective GB/s")
     scan.legend(fontsize=8)
     fig.suptitle(f"GPU: {numbers['scans'].get('device_name', '')}")
-    fig.tight_layout()
-    figure_dir.mkdir(parents=True, exist_ok=True)
-    path = figure_dir / "gpu.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, figure_dir / "gpu.png")
 
 
 def run(quick: bool, workdir: Path) -> Section:

@@ -38,7 +38,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import FIG_DIR, Section, figure_link, log, machine_info, md_table, run_in_child, utc_now, versions
+from common import (
+    FIG_DIR,
+    Section,
+    figure_link,
+    log,
+    machine_info,
+    md_table,
+    run_in_child,
+    save_figure,
+    utc_now,
+    versions,
+)
 
 IMAGES_FULL, IMAGES_QUICK = 2000, 96  # quick: 3 batches (200 images took ~7 min on the shared 2-core VM)
 BATCH = 32
@@ -535,11 +546,7 @@ def _figure(rows: list[tuple[str, float]], path: Path, encoder: str) -> Path:
     ax.invert_yaxis()
     ax.set_xlabel(f"images / s ({encoder}, CPU)")
     ax.set_xlim(0, max(values) * 1.2)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def render(numbers: dict[str, Any], command: str) -> Section:

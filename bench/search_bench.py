@@ -16,7 +16,7 @@ from typing import Any
 
 import data
 import numpy as np
-from common import FIG_DIR, MIB, Section, figure_link, log, md_table, run_in_child
+from common import FIG_DIR, MIB, Section, figure_link, log, md_table, run_in_child, save_figure
 from search_systems import QDRANT_MAX_S, QDRANT_QUERIES, TARGET
 
 # -- the parent: run every system, build the tables --------------------------------------------------------
@@ -290,9 +290,4 @@ def _plot(n: int, results: list[dict]) -> Path:
     curves.legend(fontsize=7)
     curves.grid(True, which="both", alpha=0.3)
     fig.suptitle(f"Search, {n:,} x 512 vectors, k = 10, one query at a time")
-    fig.tight_layout()
-    FIG_DIR.mkdir(parents=True, exist_ok=True)
-    path = FIG_DIR / f"search_{n // 1000}k.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, FIG_DIR / f"search_{n // 1000}k.png")
