@@ -31,17 +31,15 @@ from typing import Any
 import data
 import ingest_bench
 import numpy as np
+import search_systems
 from common import (
     FIG_DIR,
     Section,
     figure_link,
-    latencies,
     log,
     md_table,
-    recall_at_k,
     run_in_child,
     save_figure,
-    summarize,
     utc_now,
 )
 
@@ -134,48 +132,41 @@ def child_scans(files: dict, device: str, batches: list[int], nlist: int, hbm_by
     """HBM bandwidth, then exact and IVF scans of the base set: torch and (when it has GPU support) faiss."""
     import torch
 
+    from anybind.store.gpu import gpu_count
+
     out: dict[str, Any] = {"device_name": _device_name(device)}
     out["memory"] = _memory_bandwidth(device, hbm_bytes)
     base = np.concatenate([block for _, block in data.iter_rows(Path(files["base"]))])
-    queries, truth = np.load(files["queries"]), np.load(files["truth"])
-    nbytes = base.nbytes
+    pool = np.load(files["queries"])
+    chunks = {b: np.ascontiguousarray(np.resize(pool, (b, data.DIM))) for b in batches}  # as bandwidth.py
     x = torch.from_numpy(base).to(device)
-    q_dev = torch.from_numpy(queries).to(device)
 
-    def torch_search(v: Any) -> Any:
-        return torch.topk(x @ v, data.K).indices.cpu().numpy()  # .cpu() waits for the GPU
+    def torch_search(v: np.ndarray) -> Any:
+        return torch.topk(x @ torch.from_numpy(v).to(device), data.K).indices.cpu().numpy()  # .cpu() waits
 
-    scans = [_one_query("torch X @ q + topk (fp32)", torch_search, list(q_dev), truth, nbytes, device)]
+    scans = [_one_query("torch X @ q + topk (fp32)", torch_search, files, base.nbytes)]
     sweep = [
-        _batch_row("torch X @ Q.T + topk", lambda Q: torch.topk(Q @ x.T, data.K, dim=1), q_dev, b, x, device)
-        for b in batches
+        _batch_row("torch X @ Q.T + topk", lambda Q: torch.topk(Q @ x.T, data.K, dim=1), q, base.nbytes, device)
+        for q in (torch.from_numpy(chunks[b]).to(device) for b in batches)
     ]
-    out["faiss_gpu"] = _faiss_gpu_count()
+    out["faiss_gpu"] = gpu_count()
     if out["faiss_gpu"]:
         import faiss
 
         res = faiss.StandardGpuResources()
         flat = faiss.index_cpu_to_gpu(res, 0, faiss.IndexFlatIP(data.DIM))
         flat.add(base)
-        scans.append(
-            _one_query(
-                "faiss-gpu IndexFlatIP.search, batch 1",
-                lambda v: flat.search(v[None], data.K)[1][0],
-                list(queries),
-                truth,
-                nbytes,
-                device,
-            )
-        )
+        search = lambda v: flat.search(v[None], data.K)[1][0]  # noqa: E731
+        scans.append(_one_query("faiss-gpu IndexFlatIP.search, batch 1", search, files, base.nbytes))
         sweep += [
-            _batch_row("faiss-gpu IndexFlatIP", lambda Q: flat.search(Q, data.K), queries, b, base, device)
+            _batch_row("faiss-gpu IndexFlatIP", lambda Q: flat.search(Q, data.K), chunks[b], base.nbytes, device)
             for b in batches
         ]
         del flat
-        out["ivf"] = _faiss_ivf(res, base, queries, truth, nlist)
+        out["ivf"] = _faiss_ivf(res, base, files, nlist)
     else:
         out["ivf"] = {"skipped": "faiss has no GPU support here (pip install -e .[gpu] installs faiss-gpu-cu12)"}
-    out |= {"scans": scans, "sweep": sweep, "n": len(base), "vector_bytes": nbytes}
+    out |= {"scans": scans, "sweep": sweep, "n": len(base), "vector_bytes": base.nbytes}
     return out
 
 
@@ -191,18 +182,16 @@ def _memory_bandwidth(device: str, nbytes: int) -> dict[str, float]:
     return {"bytes": size, "read_gb_s": size / read / 1e9, "copy_gb_s": 2 * size / copy / 1e9}
 
 
-def _one_query(name: str, search: Any, queries: list, truth: np.ndarray, nbytes: int, device: str) -> dict[str, Any]:
-    seconds, rows = latencies(search, queries)
-    stats = summarize(seconds)
-    return stats | {"path": name, "recall": recall_at_k(rows, truth), "gb_s": nbytes / (stats["p50_ms"] / 1e3) / 1e9}
+def _one_query(name: str, search: Any, files: dict, nbytes: int) -> dict[str, Any]:
+    """The search benchmark's measurement (p50/p99/QPS, recall@10; queries one at a time) plus effective GB/s."""
+    stats = search_systems._measure(search, files)
+    return stats | {"path": name, "gb_s": nbytes / (stats["p50_ms"] / 1e3) / 1e9}
 
 
-def _batch_row(name: str, call: Any, pool: Any, batch: int, x: Any, device: str) -> dict[str, Any]:
+def _batch_row(name: str, call: Any, queries: Any, nbytes: int, device: str) -> dict[str, Any]:
     """One batch size of a sweep: time per call, queries/s, effective GB/s (vector bytes per query / time)."""
-    reps = -(-batch // len(pool))
-    chunk = (pool if reps == 1 else _tile(pool, reps))[:batch]
-    seconds = _timed(lambda: call(chunk), device, 0.3)
-    nbytes = x.numel() * 4 if hasattr(x, "numel") else x.nbytes
+    seconds = _timed(lambda: call(queries), device, 0.3)
+    batch = len(queries)
     return {
         "method": name,
         "batch": batch,
@@ -212,26 +201,10 @@ def _batch_row(name: str, call: Any, pool: Any, batch: int, x: Any, device: str)
     }
 
 
-def _tile(pool: Any, reps: int) -> Any:
-    if isinstance(pool, np.ndarray):
-        return np.ascontiguousarray(np.tile(pool, (reps, 1)))
-    return pool.repeat(reps, 1)
-
-
-def _faiss_gpu_count() -> int:
-    try:
-        import faiss
-    except ImportError:
-        return 0
-    if not hasattr(faiss, "StandardGpuResources"):
-        return 0
-    return int(faiss.get_num_gpus())
-
-
-def _faiss_ivf(res: Any, base: np.ndarray, queries: np.ndarray, truth: np.ndarray, nlist: int) -> dict[str, Any]:
-    """IVF{nlist},Flat on the GPU: train (on up to 64 vectors per list), add, nprobe swept to recall@10 0.95."""
+def _faiss_ivf(res: Any, base: np.ndarray, files: dict, nlist: int) -> dict[str, Any]:
+    """IVF{nlist},Flat on the GPU: train (on up to 64 vectors per list), add, then the search benchmark's sweep of
+    nprobe up to recall@10 0.95 (faiss-gpu allows nprobe <= 2048)."""
     import faiss
-    import search_systems
 
     start = time.perf_counter()
     cpu = faiss.index_factory(data.DIM, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
@@ -240,16 +213,11 @@ def _faiss_ivf(res: Any, base: np.ndarray, queries: np.ndarray, truth: np.ndarra
     index.train(base[np.sort(np.random.default_rng(0).choice(len(base), sample, replace=False))])
     index.add(base)
     build = time.perf_counter() - start
-    curve = []
-    for nprobe in [p for p in search_systems.NPROBE if p <= min(nlist, 2048)]:  # faiss-gpu: nprobe <= 2048
-        index.nprobe = nprobe
-        seconds, rows = latencies(lambda v: index.search(v[None], data.K)[1][0], list(queries))
-        curve.append((nprobe, summarize(seconds) | {"recall": recall_at_k(rows, truth)}))
-        if curve[-1][1]["recall"] >= search_systems.TARGET:
-            break
-    nprobe, chosen = curve[-1]
-    points = [[p, m["p50_ms"], round(m["recall"], 4)] for p, m in curve]
-    return chosen | {"index": f"IVF{nlist},Flat", "nprobe": nprobe, "build_s": build, "curve": points}
+    values = [p for p in search_systems.NPROBE if p <= min(nlist, 2048)]
+    out = search_systems._sweep(
+        lambda v: index.search(v[None], data.K)[1][0], files, lambda p: setattr(index, "nprobe", p), values
+    )
+    return out | {"index": f"IVF{nlist},Flat", "nprobe": out["setting"], "build_s": build}
 
 
 # -- the parent ----------------------------------------------------------------------------------------------

@@ -30,26 +30,11 @@ GPU_KEYWORDS = ("hbm", "images/s")
 
 
 def previous_sections() -> dict[str, dict[str, Any]]:
-    """Sections stored by the last run (title -> its record), for a partial run to carry over.
-
-    A record stored before records named their machine gets the last run's machine when it comes from that run
-    (or the machine its own results name).
-    """
+    """Sections stored by the last run (title -> its record), for a partial run to carry over."""
     try:
-        stored = json.loads(RESULTS.read_text())
+        return json.loads(RESULTS.read_text()).get("sections", {})
     except (OSError, ValueError):
         return {}
-    last = stored.get("run", {})
-    sections = stored.get("sections", {})
-    for record in sections.values():
-        run = record.get("run", {})
-        if "machine" in run:
-            continue
-        if run.get("date") == last.get("date") and "machine" in last:
-            run["machine"] = machine_summary(last["machine"])
-        elif isinstance(record.get("results", {}).get("machine"), dict):  # the ingest section records its own
-            run["machine"] = machine_summary(record["results"]["machine"])
-    return sections
 
 
 def machine_summary(machine: dict[str, Any]) -> str:
