@@ -75,3 +75,8 @@ class StoreError(AnybindError):
 
 class MetadataError(AnybindError, ValueError):
     """Item metadata that cannot be stored (not a dict, not JSON-able, wrong count)."""
+
+
+class QueryError(AnybindError, ValueError):
+    """A search request that cannot be run as given (``k`` or ``rerank`` not a positive integer, nothing to search
+    with). Filters that cannot be applied raise :class:`MetadataError`."""

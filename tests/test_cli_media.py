@@ -210,5 +210,5 @@ def test_bad_media_files_are_listed_and_the_rest_is_kept(bound_space, media, tmp
     assert "no audio frames" in failed[str(folder / "header.wav")]
     assert "corrupt or truncated video" in failed[str(folder / "cut.mp4")]
     with anybind.Store.open(db, create=False) as store:
-        rows = store.db.rows(list(range(1, 10)), store.generation)
-        assert {Path(r.uri).name for r in rows.values()} == {"good.wav"}
+        rows = store.get(list(range(1, 10)))
+        assert {Path(r.uri).name for r in rows} == {"good.wav"}

@@ -107,11 +107,9 @@ def test_a_video_and_its_sound_are_committed_together(space_file, tmp_path):
     report = store.add_files(clips, audio_tracks=True, commit_every=1)
     assert store.generation >= 3  # one commit per video
     for path, ids in report.added.items():
-        rows = store.db.rows(ids, store.generation)
+        rows = {r.id: r for r in store.get(ids)}
         assert sorted(r.modality for r in rows.values()) == ["audio"] * 3 + ["video"] * 2, path
-        generations = {
-            g for (g,) in store.db.conn.execute(f"SELECT added_gen FROM items WHERE id IN ({','.join(map(str, ids))})")
-        }
+        generations = {r.generation for r in rows.values()}
         assert len(generations) == 1, path
 
 

@@ -243,7 +243,7 @@ def test_index_stores_one_item_per_segment_with_times(tape_store, tmp_path):
     assert sorted(map(Path, report.added)) == [media / "a.tape", media / "b.tape"]
     assert [len(v) for _, v in sorted(report.added.items())] == [4, 2]
     assert [str(e) for e in report.errors] == [f"{bad}: corrupt tape at 0.0 s"]
-    rows = tape_store.db.rows(report.ids, tape_store.generation)
+    rows = {r.id: r for r in tape_store.get(report.ids)}
     spans = sorted((Path(r.uri).name, r.start, r.end) for r in rows.values())
     assert spans == [
         ("a.tape", 0.0, 2.0),
@@ -283,7 +283,7 @@ def test_search_rolls_up_to_each_files_best_segment(tape_store, tmp_path):
 def test_store_add_segments_in_memory_items(tape_store):
     report = tape_store.add("tape", [WORDS, ["dog"]], metadata={"src": "memory"})
     assert [len(ids) for ids in report.added.values()] == [4, 1]
-    rows = tape_store.db.rows(report.ids, tape_store.generation)
+    rows = {r.id: r for r in tape_store.get(report.ids)}
     assert sorted((r.start, r.end) for r in rows.values()) == [(0, 1), (0, 2), (2, 4), (4, 6), (6, 7)]
     assert {r.metadata["src"] for r in rows.values()} == {"memory"}
 
@@ -296,12 +296,7 @@ def test_commit_every_never_splits_a_file(tmp_path, tiny_clip_dir, tape_host):
         assert store.generation >= 2  # several commits
         generations = {}
         for path, ids in report.added.items():
-            gens = {
-                g
-                for (g,) in store.db.conn.execute(
-                    f"SELECT added_gen FROM items WHERE id IN ({','.join(map(str, ids))})"
-                )
-            }
+            gens = {r.generation for r in store.get(ids)}
             assert len(ids) == 4 and len(gens) == 1, (path, gens)  # all of a file's segments in one commit
             generations[path] = gens.pop()
         assert len(set(generations.values())) >= 2

@@ -7,6 +7,7 @@ vectors, the SQLite rows, the files on disk).
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
 import faiss
@@ -15,11 +16,11 @@ import pytest
 from conftest import make_image
 
 import anybind
-from anybind.store import search as store_search
+from anybind.store import partition as store_partition
 from anybind.store import store as store_module
 from anybind.store import tuning as store_tuning
-from anybind.store.manifest import now
-from anybind.store.metadata import NewItem
+from anybind.store.manifest import now, read_manifest
+from anybind.store.metadata import MetaDB, NewItem
 from anybind.testing import SENTENCES, build_tiny_clip
 
 DIM = 16  # the tiny CLIP's dimension
@@ -39,11 +40,38 @@ def open_store(path: Path, space: anybind.Space | None, index: str | None = None
     return anybind.Store.open(path, space=space, index=index, device="cpu")
 
 
+def sql(store: anybind.Store, query: str, params: tuple = ()) -> list[tuple]:
+    """Rows of a query on the store's SQLite file, through a connection of the test's own."""
+    conn = sqlite3.connect(store.path / "items.sqlite")
+    try:
+        return conn.execute(query, params).fetchall()
+    finally:
+        conn.close()
+
+
 def stored(store: anybind.Store, modality: str) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, vectors) of every visible item of a partition, read from SQLite (not from the index)."""
-    blocks = list(store.db.partition(modality, store.generation))
-    assert blocks, f"no {modality} items stored"
-    return np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks])
+    """(ids, vectors) of every visible item of a partition: ids from SQLite, vectors read straight from the
+    segment files the manifest names (numpy, not the store's readers), in id order."""
+    g = store.generation
+    ids = [
+        r[0]
+        for r in sql(
+            store,
+            "SELECT id FROM items WHERE modality = ? AND added_gen <= ? AND "
+            "(removed_gen IS NULL OR removed_gen > ?) ORDER BY id",
+            (modality, g, g),
+        )
+    ]
+    assert ids, f"no {modality} items stored"
+    found: dict[int, np.ndarray] = {}
+    folder = store.path / "segments" / modality
+    for seg in read_manifest(store.path).partitions[modality].segments:
+        seg_ids = np.load(folder / seg.ids.name)
+        vectors = np.load(folder / seg.vectors.name)
+        dead = set(np.load(folder / seg.deleted.name).tolist()) if seg.deleted else set()
+        found.update((int(i), v) for row, (i, v) in enumerate(zip(seg_ids, vectors, strict=True)) if row not in dead)
+    assert sorted(found) == ids
+    return np.asarray(ids), np.stack([found[i] for i in ids])
 
 
 def exact_ranking(ids: np.ndarray, vectors: np.ndarray, q: np.ndarray, k: int) -> tuple[list[int], np.ndarray]:
@@ -55,8 +83,7 @@ def exact_ranking(ids: np.ndarray, vectors: np.ndarray, q: np.ndarray, k: int) -
 
 def raw_rows(store: anybind.Store) -> dict[int, tuple]:
     """Every row of the items table, visible or not: id -> (uri, added_gen, removed_gen)."""
-    query = "SELECT id, uri, added_gen, removed_gen FROM items"
-    return {r[0]: r[1:] for r in store.db.conn.execute(query)}
+    return {r[0]: r[1:] for r in sql(store, "SELECT id, uri, added_gen, removed_gen FROM items")}
 
 
 def partition_info(store: anybind.Store, modality: str = "image") -> dict:
@@ -205,7 +232,8 @@ def test_reader_picks_up_tuned_search_params(tmp_path, clip_space, monkeypatch):
     assert tuned.get("nprobe", 1) > 1
     reader.search(vector=vectors[0], to="image", k=1)
     assert reader.manifest.partitions["image"].params == tuned
-    assert reader.partition("image").params == tuned
+    assert reader.partition("image").record.params == tuned
+    assert all(seg.params == tuned for seg in reader.partition("image").segments)
 
 
 # -- 3. deferred training --------------------------------------------------------------------------------
@@ -224,9 +252,10 @@ def test_ivf_stays_flat_until_it_can_be_trained(tmp_path, clip_space):
     store.add_vectors("image", vectors[need - 1 :])
     info = partition_info(store)
     assert (info["index"], info["count"], info["pending_training"]) == ("IVF64,Flat", need, False)
-    # the file on disk is an IVF, and it survives reopening
-    record = store.manifest.partitions["image"]
-    on_disk = faiss.read_index(str(store.path / "partitions" / record.file))
+    # the 2,496 rows were merged into one sealed segment whose index file is an IVF; it survives reopening
+    (segment,) = store.manifest.partitions["image"].segments
+    assert segment.rows == need and segment.built == "IVF64,Flat"
+    on_disk = faiss.read_index(str(store.path / "segments" / "image" / segment.index.name))
     assert isinstance(faiss.downcast_index(faiss.downcast_index(on_disk).index), faiss.IndexIVFFlat)
     store.close()
     store = open_store(tmp_path / "db", None)
@@ -262,7 +291,7 @@ def filter_store(request, tmp_path_factory, clip_space):
 def filter_path(request, monkeypatch):
     """Run filtered searches through the exact path, or force the ANN + IDSelector path (with its fallback)."""
     if request.param == "ann-filter":
-        monkeypatch.setattr(store_search, "EXACT_FILTER_MAX", 0)
+        monkeypatch.setattr(store_partition, "EXACT_FILTER_MAX", 0)
     return request.param
 
 
@@ -439,8 +468,8 @@ def test_a_modified_file_replaces_its_old_item(store, pictures, picture_ids):
     hits = store.search(image=target, to="image", k=len(pictures))
     assert hits[0].id == new_id and hits[0].score == pytest.approx(1.0, abs=1e-5)
     assert old_id not in hits.ids()
-    assert old_id not in store.db.rows([old_id, new_id], store.generation)
-    assert new_id in store.db.rows([old_id, new_id], store.generation)
+    assert old_id not in {r.id: r for r in store.get([old_id, new_id])}
+    assert new_id in {r.id: r for r in store.get([old_id, new_id])}
     store.add_vectors("image", unit_vectors(1, seed=0))  # a reader one generation behind may still need it
     assert old_id in raw_rows(store)
     store.add_vectors("image", unit_vectors(1, seed=1))  # purged once two generations have passed
@@ -455,7 +484,7 @@ def test_remove_reports_removed_and_missing_ids(store):
     assert report.generation == generation + 1 == store.generation
     assert len(store) == 3 and partition_info(store)["count"] == 3
     assert sorted(store.search(vector=unit_vectors(1, seed=2)[0], k=10).ids()) == [ids[0], ids[2], ids[4]]
-    assert set(store.db.rows(ids, store.generation)) == {ids[0], ids[2], ids[4]}
+    assert set({r.id: r for r in store.get(ids)}) == {ids[0], ids[2], ids[4]}
     again = store.remove([ids[1]])
     assert (again.removed, again.missing, again.generation) == ([], [ids[1]], store.generation)
     assert store.remove([]).generation == store.generation
@@ -471,17 +500,18 @@ def test_remove_everything_then_add_again(store):
     assert sorted(store.search(vector=unit_vectors(1, seed=2)[0], k=5).ids()) == new
 
 
-def test_remove_from_hnsw_rebuilds_the_partition(tmp_path, clip_space):
-    vectors = unit_vectors(500, seed=31)
+def test_remove_from_hnsw_tombstones_the_rows(tmp_path, clip_space):
+    vectors = unit_vectors(1500, seed=31)
     store = open_store(tmp_path / "db", clip_space, index="HNSW32")
     ids = store.add_vectors("image", vectors)
     gone = ids[:50:5]
     report = store.remove(gone)
     assert report.removed == gone and report.missing == []
     info = partition_info(store)
-    assert (info["index"], info["count"]) == ("HNSW32", 490)
-    assert store.partition("image").index.ntotal == 490
-    for row in range(0, 500, 7):
+    assert (info["index"], info["count"], info["deleted_rows"]) == ("HNSW32", 1490, 10)
+    (segment,) = store.partition("image").segments
+    assert segment.index.ntotal == 1500 and sorted(segment.ids[segment.deleted].tolist()) == gone
+    for row in range(0, 1500, 7):
         hit = store.search(vector=vectors[row], to="image", k=1)[0]
         if ids[row] in gone:
             assert hit.id != ids[row] and hit.score < 0.999
@@ -535,12 +565,29 @@ def test_commit_every_is_honoured_below_the_encoder_batch_size(store, pictures):
 
 
 def test_files_on_disk_follow_the_generation(store):
+    """A commit adds files and never rewrites one; files of the generation before stay for its readers and go
+    one commit later."""
+    folder = store.path / "segments" / "image"
     store.add_vectors("image", unit_vectors(3, seed=1))
+    first = {p.name: p.stat().st_ino for p in folder.iterdir()}
+    assert sorted(first) == ["00000001-a.ids.npy", "00000001-a.vectors.npy", "moments.1.safetensors"]
     store.add_vectors("image", unit_vectors(3, seed=2))
-    generation = store.generation
-    names = sorted(p.name for p in (store.path / "partitions").iterdir())
-    assert names == [f"image.{generation}.faiss", f"image.{generation}.moments.safetensors"]
-    assert (store.path / "manifest.json").is_file() and (store.path / "metadata.sqlite").is_file()
+    second = {p.name: p.stat().st_ino for p in folder.iterdir()}
+    assert set(second) == set(first) | {"00000002-a.ids.npy", "00000002-a.vectors.npy", "moments.2.safetensors"}
+    assert all(second[name] == inode for name, inode in first.items())  # nothing rewritten
+    store.remove([1])
+    third = sorted(p.name for p in folder.iterdir())
+    assert "moments.1.safetensors" not in third and "00000001-a.3.deleted.npy" in third
+    assert {f"image/{name}" for name in third} == read_manifest(store.path).file_names() | {
+        "image/moments.2.safetensors"
+    }
+    assert sorted(p.name for p in store.path.iterdir()) == [
+        "items.sqlite",
+        "items.sqlite-shm",
+        "items.sqlite-wal",
+        "manifest.json",
+        "segments",
+    ]
 
 
 # -- 9. boundaries and errors ----------------------------------------------------------------------------
@@ -627,7 +674,7 @@ def test_add_vectors_never_stores_a_zero_vector(store):
         ids = store.add_vectors("image", huge)
     except anybind.EmbeddingError:
         return  # refusing the row is acceptable too
-    assert np.linalg.norm(store.db.vectors(ids, DIM)[0]) == pytest.approx(1.0, abs=1e-5)
+    assert np.linalg.norm(store.vectors(ids)[0]) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_add_vectors_with_no_rows_commits_nothing(store):
@@ -663,7 +710,7 @@ def test_search_argument_errors(store):
         store.search(vector=q[:15])
     with pytest.raises(anybind.EmbeddingError, match="all zeros"):
         store.search(vector=np.zeros(DIM))
-    with pytest.raises(anybind.EmbeddingError, match="nothing to search with"):
+    with pytest.raises(anybind.QueryError, match="nothing to search with"):
         store.search(k=3)
     # a known modality without a partition is simply empty
     empty = store.search(vector=q, to="text", k=3)
@@ -788,14 +835,16 @@ def test_staged_rows_are_invisible_and_dropped_by_the_next_write(store):
     ids = store.add_vectors("image", unit_vectors(3, seed=1), metadata={"album": "x"})
     generation, next_id = store.generation, store.manifest.next_id
     ghost = NewItem("image", unit_vectors(1, seed=1)[0], uri="staged://ghost", metadata={"album": "x"})
-    with store.db.transaction():  # what a writer that crashed before its manifest rename leaves behind
-        store.db.insert([next_id], [ghost], generation + 1, now())
-        store.db.conn.execute("UPDATE items SET removed_gen = ? WHERE id = ?", (generation + 1, ids[0]))
+    db = MetaDB(store.path)
+    with db.transaction() as conn:  # what a writer that crashed before its manifest rename leaves behind
+        db.insert([next_id], [ghost], generation + 1, now())
+        conn.execute("UPDATE items SET removed_gen = ? WHERE id = ?", (generation + 1, ids[0]))
+    db.close()
     q = unit_vectors(1, seed=1)[0]
     assert sorted(store.search(vector=q, k=10).ids()) == ids
     assert sorted(store.search(vector=q, k=10, where={"album": "x"}).ids()) == ids
     assert store.info()["items"] == 3 and store.info()["generation"] == generation
-    assert store.db.rows([next_id], generation) == {}
+    assert store.get([next_id]) == []
     assert raw_rows(store)[next_id] == ("staged://ghost", generation + 1, None)
     new = store.add_vectors("image", unit_vectors(1, seed=9))  # the next write
     assert new == [next_id]  # the staged row was dropped first, so its id is free
@@ -823,11 +872,11 @@ def test_interrupt_after_the_manifest_rename_keeps_the_commit(store, monkeypatch
         store.add_vectors("image", unit_vectors(3, seed=2))
     monkeypatch.undo()
     reopened = anybind.Store.open(store.path)
-    visible = reopened.db.counts(reopened.generation)
-    assert reopened.generation == 2 and len(reopened) == 8 == visible["image"]
+    visible = "SELECT COUNT(*) FROM items WHERE added_gen <= ? AND removed_gen IS NULL"
+    assert reopened.generation == 2 and len(reopened) == 8 == sql(reopened, visible, (2,))[0][0]
     assert sorted(reopened.search(vector=unit_vectors(1, seed=3)[0], k=20).ids()) == list(range(1, 9))
     store.add_vectors("image", unit_vectors(1, seed=4))  # the interrupted writer goes on from generation 2
-    assert anybind.Store.open(store.path).db.counts(3)["image"] == 9
+    assert anybind.Store.open(store.path).generation == 3 and sql(store, visible, (3,))[0][0] == 9
 
 
 def test_same_target_twice_does_not_duplicate_hits(store):
@@ -855,7 +904,7 @@ def test_filters_compare_json_types(store):
 def test_ivf_with_few_probes_still_returns_k_hits(tmp_path, clip_space):
     store = open_store(tmp_path / "db", clip_space, index="IVF16,Flat")
     store.add_vectors("image", unit_vectors(1200, seed=5))
-    store.partition("image").params = {"nprobe": 1}
+    store.partition("image").set_params({"nprobe": 1})
     assert len(store.search(vector=unit_vectors(1, seed=6)[0], k=1000)) == 1000
 
 
@@ -865,9 +914,8 @@ def test_optimize_tunes_an_ivf_inside_a_pretransform(tmp_path, clip_space):
     report = store.optimize(index="PCA16,IVF32,Flat", target_recall=0.95)["image"]
     assert report["index"] == "PCA16,IVF32,Flat" and "nprobe" in report["params"] and report["target_met"]
     reopened = anybind.Store.open(tmp_path / "db")
-    from anybind.store.partition import ann_structure
-
-    assert ann_structure(reopened.partition("image").index)[1].nprobe == report["params"]["nprobe"]
+    (segment,) = reopened.partition("image").segments
+    assert segment.ann[1].nprobe == report["params"]["nprobe"]
 
 
 def test_bad_argument_types_are_typed_errors(store):

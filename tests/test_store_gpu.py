@@ -21,9 +21,9 @@ def test_gpu_train_and_search_match_cpu(tmp_path, clip_space, monkeypatch):
     store.add_vectors("image", vectors)
     part = store.partition("image")
     assert part is not None and part.built == "IVF64,Flat"
-    part.params = {"nprobe": 64}  # all lists: results must equal the exact ranking
+    part.set_params({"nprobe": 64})  # all lists: results must equal the exact ranking
     gpu_hits = [store.search(vector=q, to="image", k=10).ids() for q in queries]
-    assert part._gpu, "the unfiltered search did not use the GPU copy"
+    assert all(seg.gpu for seg in part.segments), "the unfiltered search did not use the GPU copy"
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     for q, ids in zip(queries, gpu_hits, strict=True):
         exact = np.argsort(-(unit @ (q / np.linalg.norm(q))))[:10] + 1

@@ -45,6 +45,14 @@ def emit_json(data: Any) -> None:
     sys.stdout.write("\n")
 
 
+def needs_migration(db: str | Path) -> bool:
+    """Whether ``db`` holds a store of format 1 (which a write migrates first, saying so)."""
+    try:
+        return json.loads((Path(db) / "manifest.json").read_bytes()).get("format") == 1
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def warn(message: str) -> None:
     print(f"anybind: {message}", file=sys.stderr)
 

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from anybind.store import Store
 
-from .common import DbOption, DeviceOption, JsonOption, OptionalSpaceOption, emit_json, parse_pairs
+from .common import DbOption, DeviceOption, JsonOption, OptionalSpaceOption, emit_json, needs_migration, parse_pairs
 
 
 def index(
@@ -42,7 +42,12 @@ def index(
 ) -> None:
     """Index files into a store (created on first use; --space, default anybind-mini). Exit 1 if any file failed."""
     metadata = {key: values[-1] for key, values in parse_pairs(meta, "--meta").items()}
-    store = Store.open(db, space=space, index=index_type, device=device, batch_size=batch_size)
+    if needs_migration(db):
+        print(
+            f"anybind: {db} is a store of format 1; migrating it to format 2 first (every item is kept)",
+            file=sys.stderr,
+        )
+    store = Store.open(db, space=space, index=index_type, device=device, batch_size=batch_size, migrate=True)
     console = Console(stderr=True)
     with Progress(
         TextColumn("indexing"),

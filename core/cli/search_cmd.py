@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Annotated, Any
 
 import typer
@@ -25,6 +26,10 @@ def where_values(raw: list[str]) -> dict[str, list[Any]]:
             try:
                 parsed = json.loads(value)
             except ValueError:
+                continue
+            if isinstance(parsed, int) and not isinstance(parsed, bool) and not -(2**63) <= parsed < 2**63:
+                continue  # 20 digits: no JSON number a store holds can equal it; the string still matches
+            if isinstance(parsed, float) and not math.isfinite(parsed):
                 continue
             if parsed is None or isinstance(parsed, (bool, int, float)):
                 options.append(parsed)

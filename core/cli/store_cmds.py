@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from anybind.errors import StoreError
 from anybind.store import Store
 
 from .common import DbOption, JsonOption, emit_json, warn
@@ -93,7 +95,51 @@ def optimize(
             print(f"{name}: {verb} {entry['index']} ({entry['count']} items), {params}, recall@10 {recall:.3f}")
 
 
+def check(db: DbOption, json_output: JsonOption = False) -> None:
+    """Verify every file of a store (checksums, counts, ids, vectors, SQLite integrity). Exit 2 if damaged."""
+    from anybind.store.check import check as check_store
+
+    if not Path(db).is_dir():
+        raise StoreError(f"{db}: no such store directory")
+    report = check_store(Path(db))
+    if json_output:
+        emit_json(report)
+    else:
+        state = "ok" if report["ok"] else "DAMAGED"
+        counts = ", ".join(f"{name} {part['count']}" for name, part in report["partitions"].items()) or "no partitions"
+        print(f"store {db}: {state} (generation {report.get('generation', '?')}; {counts})")
+        for problem in report["problems"]:
+            print(f"  problem: {problem}")
+        for stray in report["stray"]:
+            print(f"  stray file (deleted by the next write): {stray}")
+        if not report["ok"]:
+            print(f"  what to do: {report['hint']}")
+    if not report["ok"]:
+        raise typer.Exit(2)
+
+
+def migrate(db: DbOption, json_output: JsonOption = False) -> None:
+    """Convert a store of format 1 (anybind 0.1) to format 2 in place; every item is kept."""
+    from anybind.store.manifest import FORMAT_VERSION, read_manifest, read_raw
+    from anybind.store.migrate import migrate_v1
+
+    found = read_raw(Path(db)).get("format")
+    if found not in (1, FORMAT_VERSION):
+        read_manifest(Path(db))  # the error that says which format this is and what to do
+    if found != 1:
+        print(f"anybind: {db} is already format {found}; nothing to migrate", file=sys.stderr)
+        result = {"generation": None, "partitions": {}, "migrated": False}
+    else:
+        result = {**migrate_v1(Path(db)), "migrated": True}
+        counts = ", ".join(f"{n} {c}" for n, c in result["partitions"].items())
+        print(f"anybind: migrated {db} to format 2 ({counts})", file=sys.stderr)
+    if json_output:
+        emit_json(result)
+
+
 def register(app: typer.Typer) -> None:
     app.command("info")(info)
     app.command("remove")(remove)
     app.command("optimize")(optimize)
+    app.command("check")(check)
+    app.command("migrate")(migrate)

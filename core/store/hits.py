@@ -26,6 +26,7 @@ class Hit:
     end: float | None = None
     text: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    key: str | None = None  # the caller's key, for items added with keys=
 
     @property
     def segment(self) -> tuple[float, float] | None:

@@ -15,24 +15,29 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from anybind.errors import ItemError, SpaceError
-from anybind.modality import Modality, detect
+from anybind.modality import Modality, describe_item, detect
 from anybind.segment_embedding import SegmentBatcher, SegmentedItem, lazy_segments
 from anybind.segments import SegmentPlan
 from anybind.space import decode_item
 
+from .inputs import check_keys
 from .metadata import NewItem
 from .records import IndexReport, file_digest, metadata_list
 from .walk import walk_files
 
 if TYPE_CHECKING:
-    from .store import Store
+    from anybind.space import Space
+
+    from .writer import Writer
 
 Progress = Callable[[int, int], None]
 
@@ -74,8 +79,24 @@ def _prepare(
     return Prepared(label, modality.name, digest, decode_item(modality, path, 0))
 
 
+class Ingest:
+    """Embeds inputs with a space and commits them through a writer: files (``files``) and in-memory items
+    (``items``) alike."""
+
+    def __init__(self, space: Space, writer: Writer, exclude: Sequence[str | os.PathLike[str]] = ()) -> None:
+        self.space, self.writer, self.exclude = space, writer, list(exclude)
+
+    def files(self, paths: Sequence[str | os.PathLike[str]], **options: Any) -> IndexReport:
+        return index_files(self, paths, **options)
+
+    def items(
+        self, modality: str, items: Any, *, metadata: Any = None, keys: Any = None, upsert: bool = False
+    ) -> IndexReport:
+        return add_items(self, modality, items, metadata=metadata, keys=keys, upsert=upsert)
+
+
 def index_files(
-    store: Store,
+    store: Ingest,
     paths: Sequence[str | os.PathLike[str]],
     *,
     recursive: bool = False,
@@ -89,7 +110,7 @@ def index_files(
     space = store.space
     report = IndexReport()
     files: list[Path] = []
-    for entry in walk_files(paths, recursive=recursive, exclude=[store.path]):
+    for entry in walk_files(paths, recursive=recursive, exclude=store.exclude):
         if isinstance(entry, ItemError):
             report.errors.append(entry)
         else:
@@ -114,14 +135,15 @@ def index_files(
     workers = workers or min(4, os.cpu_count() or 1)
     if progress:
         progress(0, len(files))
-    with store._writing():
+    writer = store.writer
+    with writer.locked() as manifest:
         known_ids: dict[str, list[int]] = {}
         known: dict[str, str | None] = {}
-        for uri, (digest, ids) in store.db.files([str(f) for f in files], store.generation).items():
-            known[uri], known_ids[uri] = digest, ids
         needs_track: set[str] = set()
-        if audio_tracks:  # a video indexed without its sound (or a silent one: it is decoded again)
-            needs_track = set(known_ids) - store.db.uris_with("audio", known_ids, store.generation)
+        for uri, (digest, ids, kinds) in writer.db.files([str(f) for f in files], manifest.generation).items():
+            known[uri], known_ids[uri] = digest, ids
+            if audio_tracks and "audio" not in kinds:  # a video indexed without its sound (or a silent one)
+                needs_track.add(uri)
         pending: dict[str, list[Prepared]] = {}
         staged: list[NewItem] = []
         staged_files: list[tuple[str, int]] = []  # (path, number of items) in staging order
@@ -137,7 +159,7 @@ def index_files(
         def commit() -> None:
             if not staged and not replacing:
                 return
-            ids = iter(store._commit(staged, remove=replacing)["ids"])
+            ids = iter(writer.commit(staged, remove=replacing).ids)
             for path, count in staged_files:
                 report.added.setdefault(path, []).extend(next(ids) for _ in range(count))
                 if path in known_ids and path not in report.replaced:
@@ -265,5 +287,69 @@ def index_files(
         for name, (_, batcher) in sorted(streams.items()):
             finish(name, batcher.flush())
         commit()
-    report.generation = store.generation
+        assert writer.manifest is not None
+        report.generation = writer.manifest.generation
+    return report
+
+
+def _embedded(
+    space: Space, modality: str, seq: Sequence[Any], report: IndexReport
+) -> Iterator[tuple[int, np.ndarray, list[tuple[float | None, float | None]]]]:
+    """(position, vectors, spans) per input that embedded; errors go to the report."""
+    mod, _ = space.route(modality)
+    if mod.temporal:
+        for item in space.try_embed_segments(modality, seq):
+            if item.error is not None:
+                report.errors.append(item.error)
+            else:
+                assert item.vectors is not None
+                yield item.key, item.vectors, list(zip(item.starts, item.ends, strict=True))
+        return
+    result = space.try_embed(modality, seq)
+    report.errors.extend(result.errors)
+    for vector, position in zip(result.vectors, result.indices, strict=True):
+        yield position, vector[None, :], [(None, None)]
+
+
+def add_items(
+    ingest: Ingest, modality: str, items: Any, *, metadata: Any = None, keys: Any = None, upsert: bool = False
+) -> IndexReport:
+    """Embed in-memory inputs (paths, strings, arrays) and commit every one that embedded, in one commit."""
+    seq = [items] if isinstance(items, (str, bytes, os.PathLike)) else list(items)
+    metas = metadata_list(metadata, seq)
+    key_list = check_keys(keys, len(seq))
+    report = IndexReport()
+    new, labels = [], []
+    for position, vectors, spans in _embedded(ingest.space, modality, seq, report):
+        item = seq[position]
+        uri = os.path.realpath(item) if isinstance(item, os.PathLike) else None
+        if isinstance(item, str) and modality != "text":
+            uri = os.path.realpath(item)
+        text = item if isinstance(item, str) and uri is None else None
+        digest = file_digest(uri) if uri and os.path.isfile(uri) else None
+        key = key_list[position]
+        for part, (vector, (start, end)) in enumerate(zip(vectors, spans, strict=True)):
+            new.append(
+                NewItem(
+                    modality,
+                    vector,
+                    uri=uri,
+                    start=start,
+                    end=end,
+                    text=text,
+                    metadata=metas[position],
+                    content_hash=digest,
+                    key=key,
+                    part=part,
+                )
+            )
+            labels.append(describe_item(item, position))
+    writer = ingest.writer
+    with writer.locked() as manifest:
+        report.generation = manifest.generation
+        if new:
+            commit = writer.commit(new, upsert=upsert)  # upsert: every segment of a replaced key goes
+            for label, item_id in zip(labels, commit.ids, strict=True):
+                report.added.setdefault(label, []).append(item_id)
+            report.generation = commit.generation
     return report

@@ -1,9 +1,16 @@
-"""SQLite metadata for a store: one row per item, with its vector, stamped with the generations it lives in.
+"""SQLite metadata for a store: one row per item (no vectors: those live in segments), stamped with the
+generations it lives in.
 
 A row is visible at generation ``g`` when ``added_gen <= g`` and it was not removed at or before ``g``.
 Writers stage rows for generation ``g + 1`` before the manifest says ``g + 1``; until then readers (who
 filter by the manifest's generation) cannot see them, and a crashed writer's rows are dropped by
 :meth:`MetaDB.recover`. SQLite runs in WAL mode with full sync, so a transaction is all-or-nothing.
+
+Table ``commits`` holds one row per generation, written in the same transaction as the generation's rows:
+a database that lacks the manifest's generation (a lost ``-wal`` file, a restored old copy, an empty file) is
+refused instead of read. Table ``state`` records ``purged_below``: rows removed before that generation are
+gone, so a reader pinned to an older generation knows its view would be incomplete and re-reads the manifest.
+Readers open the database read-only (``mode=ro``; ``immutable=1`` on a read-only directory).
 """
 
 from __future__ import annotations
@@ -11,7 +18,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import sqlite3
+import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +30,15 @@ import numpy as np
 
 from anybind.errors import MetadataError, StoreError
 
-DB_NAME = "metadata.sqlite"
+from .files import RECOVER_HINT
+
+DB_NAME = "items.sqlite"
 VISIBLE = "added_gen <= :g AND (removed_gen IS NULL OR removed_gen > :g)"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
     id INTEGER PRIMARY KEY,
+    key TEXT,
+    part INTEGER NOT NULL DEFAULT 0,
     modality TEXT NOT NULL,
     uri TEXT,
     start REAL,
@@ -35,11 +48,14 @@ CREATE TABLE IF NOT EXISTS items (
     content_hash TEXT,
     added_at TEXT NOT NULL,
     added_gen INTEGER NOT NULL,
-    removed_gen INTEGER,
-    vector BLOB NOT NULL
+    removed_gen INTEGER
 );
 CREATE INDEX IF NOT EXISTS items_modality ON items (modality, added_gen);
 CREATE INDEX IF NOT EXISTS items_uri ON items (uri);
+CREATE UNIQUE INDEX IF NOT EXISTS items_key ON items (key, part) WHERE key IS NOT NULL AND removed_gen IS NULL;
+CREATE TABLE IF NOT EXISTS commits (generation INTEGER PRIMARY KEY, added INTEGER NOT NULL, removed INTEGER NOT NULL,
+                                    at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 TEXT_PREVIEW = 1000  # characters of a text item kept for display
 
@@ -49,6 +65,7 @@ class Row:
     """One item as stored (without its vector)."""
 
     id: int
+    key: str | None
     modality: str
     uri: str | None
     start: float | None
@@ -57,6 +74,7 @@ class Row:
     metadata: dict[str, Any]
     content_hash: str | None
     added_at: str
+    generation: int  # the generation that added it
 
 
 @dataclass
@@ -71,14 +89,17 @@ class NewItem:
     text: str | None = None
     metadata: Mapping[str, Any] | None = None
     content_hash: str | None = None
+    key: str | None = None
+    part: int = 0  # the n-th time segment of a keyed input (all of an input's segments share its key)
 
 
 INT64 = 2**63
 
 
-def _json_path(key: str) -> str:
-    if '"' in key or not key:
-        raise MetadataError(f"filter key {key!r}: keys must be non-empty and cannot contain '\"'")
+def _json_path(key: Any) -> str:
+    if not isinstance(key, str) or not key or '"' in key:
+        raise MetadataError(f"filter key {key!r}: keys are non-empty strings and cannot contain '\"'")
+    _check_text(key, "filter key")
     return '$."' + key + '"'
 
 
@@ -95,32 +116,86 @@ def _condition(path: str, slot: str, value: Any) -> str:
     return f"(json_type(metadata, {path}) = 'text' AND json_extract(metadata, {path}) = {slot})"
 
 
-class MetaDB:
-    """The metadata database of one store directory."""
+def db_error(path: Path, exc: BaseException, doing: str) -> StoreError:
+    """A :class:`StoreError` naming the database file and saying what failed (disk full said as such)."""
+    text = str(exc)
+    code = getattr(exc, "sqlite_errorname", "")
+    if code == "SQLITE_FULL" or "database or disk is full" in text:
+        return StoreError(f"{path}: {doing} failed: the disk is full; free space and run the command again")
+    if code in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or "malformed" in text or "not a database" in text:
+        return StoreError(f"{path}: {doing} failed: the metadata database is damaged ({text}); {RECOVER_HINT}")
+    if code == "SQLITE_IOERR" or "disk I/O error" in text:
+        return StoreError(f"{path}: {doing} failed: I/O error ({text}); the store is unchanged")
+    if code == "SQLITE_READONLY" or "readonly" in text:
+        return StoreError(f"{path}: {doing} failed: the store is read-only here ({text})")
+    return StoreError(f"{path}: {doing} failed: {text}")
 
-    def __init__(self, directory: Path) -> None:
-        path = directory / DB_NAME
+
+class MetaDB:
+    """The metadata database of one store directory (``readonly``: as a reader, never creating or changing it)."""
+
+    def __init__(self, directory: Path, *, readonly: bool = False, create: bool = False) -> None:
+        self.path = path = directory / DB_NAME
+        self.readonly = readonly
+        if not create and not path.exists():
+            raise StoreError(f"{path}: missing (the manifest needs it); {RECOVER_HINT}")
         try:
-            self.conn = sqlite3.connect(path, isolation_level=None)
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=FULL")
-            self.conn.executescript(SCHEMA)
+            if readonly:
+                self.conn = _open_readonly(path)
+            else:
+                self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+                self.conn.execute("PRAGMA busy_timeout=30000")
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=FULL")
+                if create:
+                    self.conn.executescript(SCHEMA)
             self.conn.execute("PRAGMA busy_timeout=30000")
+            tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         except sqlite3.Error as exc:
-            raise StoreError(f"{path}: cannot open the metadata database: {exc}") from None
+            raise db_error(path, exc, "opening the metadata database") from None
+        if not {"items", "commits", "state"} <= tables:
+            self.conn.close()
+            raise StoreError(
+                f"{path}: not an anybind items database (tables missing: empty or replaced); {RECOVER_HINT}"
+            )
 
     def close(self) -> None:
         self.conn.close()
 
+    def execute(self, sql: str, params: Any = (), doing: str = "reading the metadata") -> sqlite3.Cursor:
+        try:
+            return self.conn.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise db_error(self.path, exc, doing) from None
+
+    # -- generations -------------------------------------------------------------------------------------
+
+    def check_generation(self, generation: int) -> None:
+        """Refuse a database that does not hold ``generation`` (the manifest's): lost WAL, old copy, empty file."""
+        newest = self.execute("SELECT MAX(generation) FROM commits").fetchone()[0] or 0
+        if newest < generation:
+            raise StoreError(
+                f"{self.path}: holds generations up to {newest} but the manifest is at {generation} (its last "
+                f"commits are lost: a deleted -wal file or an older copy of the database); {RECOVER_HINT}"
+            )
+
+    def purged_below(self) -> int:
+        row = self.execute("SELECT value FROM state WHERE name = 'purged_below'").fetchone()
+        return int(row[0]) if row else 0
+
     # -- writes (the caller holds the store's write lock) ---------------------------------------------
 
     def recover(self, generation: int) -> int:
-        """Drop what a crashed writer staged after ``generation``, and rows removed before it."""
-        with self.transaction():
+        """Drop what a crashed writer staged after ``generation``, and rows removed before it (rows removed at
+        ``generation`` stay, for readers still on the one before)."""
+        with self.transaction("recovering the metadata"):
             staged = self.conn.execute("DELETE FROM items WHERE added_gen > ?", (generation,)).rowcount
             self.conn.execute("UPDATE items SET removed_gen = NULL WHERE removed_gen > ?", (generation,))
-            # rows removed at `generation` stay one more generation, for readers still on the one before
-            self.conn.execute("DELETE FROM items WHERE removed_gen < ?", (generation,))
+            self.conn.execute("DELETE FROM commits WHERE generation > ?", (generation,))
+            purge = generation
+            if purge > self.purged_below():
+                self.conn.execute("DELETE FROM items WHERE removed_gen < ?", (purge,))
+                self.conn.execute("INSERT OR REPLACE INTO state (name, value) VALUES ('purged_below', ?)", (purge,))
         return staged
 
     @contextlib.contextmanager
@@ -129,20 +204,24 @@ class MetaDB:
         if self.conn.in_transaction:
             yield
             return
-        self.conn.execute("BEGIN")
+        self.execute("BEGIN")
         try:
             yield
         finally:
-            self.conn.execute("COMMIT")
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("COMMIT")
 
-    def transaction(self) -> sqlite3.Connection:
-        """``with db.transaction():`` commits on success and rolls back on any exception."""
-        return _Transaction(self.conn)  # type: ignore[return-value]
+    def transaction(self, doing: str = "writing the metadata") -> _Transaction:
+        """``with db.transaction():`` commits on success and rolls back on any exception, including a failed
+        COMMIT (disk full, I/O error), so the connection can be used again; SQLite errors become StoreError."""
+        return _Transaction(self, doing)
 
     def insert(self, ids: Sequence[int], items: Sequence[NewItem], generation: int, added_at: str) -> None:
         rows = [
             (
                 item_id,
+                item.key,
+                item.part,
                 item.modality,
                 item.uri,
                 item.start,
@@ -152,14 +231,19 @@ class MetaDB:
                 item.content_hash,
                 added_at,
                 generation,
-                np.ascontiguousarray(item.vector, dtype=np.float32).tobytes(),
             )
             for item_id, item in zip(ids, items, strict=True)
         ]
         self.conn.executemany(
-            'INSERT INTO items (id, modality, uri, start, "end", text, metadata, content_hash, added_at, added_gen, '
-            "vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            'INSERT INTO items (id, key, part, modality, uri, start, "end", text, metadata, content_hash, added_at, '
+            "added_gen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
+        )
+
+    def record_commit(self, generation: int, added: int, removed: int, at: str) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO commits (generation, added, removed, at) VALUES (?, ?, ?, ?)",
+            (generation, added, removed, at),
         )
 
     def mark_removed(self, ids: Iterable[int], generation: int) -> dict[str, list[int]]:
@@ -181,40 +265,31 @@ class MetaDB:
 
     def counts(self, generation: int) -> dict[str, int]:
         query = f"SELECT modality, COUNT(*) FROM items WHERE {VISIBLE} GROUP BY modality"
-        rows = self.conn.execute(query, {"g": generation})
-        return dict(rows.fetchall())
+        return dict(self.execute(query, {"g": generation}).fetchall())
 
     def rows(self, ids: Iterable[int], generation: int) -> dict[int, Row]:
         found: dict[int, Row] = {}
         for chunk in _chunks(list(ids)):
-            for r in self.conn.execute(_rows_query(len(chunk)), (*chunk, generation, generation)):
-                meta = {} if r[6] == "{}" else json.loads(r[6])  # most items carry no metadata: skip the parser
-                found[r[0]] = Row(r[0], r[1], r[2], r[3], r[4], r[5], meta, r[7], r[8])
+            for r in self.execute(_rows_query(len(chunk)), (*chunk, generation, generation)):
+                meta = {} if r[7] == "{}" else json.loads(r[7])  # most items carry no metadata: skip the parser
+                found[r[0]] = Row(r[0], r[1], r[2], r[3], r[4], r[5], r[6], meta, r[8], r[9], r[10])
         return found
 
-    def vectors(self, ids: Sequence[int], dim: int) -> np.ndarray:
-        """Stored vectors of ``ids`` in the given order; rows of ids that no longer exist are NaN."""
-        out = np.full((len(ids), dim), np.nan, dtype=np.float32)
-        position = {item_id: n for n, item_id in enumerate(ids)}
-        for chunk in _chunks(list(ids)):
+    def by_keys(self, keys: Sequence[str], generation: int) -> dict[str, list[int]]:
+        """Visible ids (every time segment) of each caller-supplied key present at ``generation``."""
+        found: dict[str, list[int]] = {}
+        for chunk in _chunks(list(keys)):
             marks = ",".join("?" * len(chunk))
-            for item_id, blob in self.conn.execute(f"SELECT id, vector FROM items WHERE id IN ({marks})", chunk):
-                out[position[item_id]] = np.frombuffer(blob, dtype=np.float32)
-        return out
-
-    def partition(self, modality: str, generation: int, batch: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, vectors) blocks of every visible item of a modality, in id order."""
-        query = f"SELECT id, vector FROM items WHERE modality = :m AND {VISIBLE} ORDER BY id"
-        cursor = self.conn.execute(query, {"m": modality, "g": generation})
-        while block := cursor.fetchmany(batch):
-            ids = np.fromiter((r[0] for r in block), dtype=np.int64, count=len(block))
-            vectors = np.frombuffer(b"".join(r[1] for r in block), dtype=np.float32).reshape(len(block), -1)
-            yield ids, vectors
+            query = (
+                f"SELECT key, id FROM items WHERE key IN ({marks}) "
+                "AND added_gen <= ? AND (removed_gen IS NULL OR removed_gen > ?) ORDER BY id"
+            )
+            for key, item_id in self.execute(query, (*chunk, generation, generation)):
+                found.setdefault(key, []).append(item_id)
+        return found
 
     def ids(self, modality: str, generation: int) -> np.ndarray:
-        rows = self.conn.execute(
-            f"SELECT id FROM items WHERE modality = :m AND {VISIBLE}", {"m": modality, "g": generation}
-        )
+        rows = self.execute(f"SELECT id FROM items WHERE modality = :m AND {VISIBLE}", {"m": modality, "g": generation})
         return np.fromiter((r[0] for r in rows), dtype=np.int64)
 
     def matching(self, modality: str, generation: int, where: Mapping[str, Any]) -> np.ndarray:
@@ -222,7 +297,7 @@ class MetaDB:
         clauses, params = [], {"m": modality, "g": generation}
         for n, (key, wanted) in enumerate(where.items()):
             values = list(wanted) if isinstance(wanted, (list, tuple, set, frozenset)) else [wanted]
-            params[f"p{n}"] = _json_path(str(key))
+            params[f"p{n}"] = _json_path(key)
             options = []
             for v, value in enumerate(values):
                 if not isinstance(value, (str, int, float, bool, type(None))):
@@ -230,52 +305,96 @@ class MetaDB:
                         f"filter {key!r}: {value!r} is a {type(value).__name__}; filter values are strings, numbers, "
                         "booleans or None (a list means any of)"
                     )
+                if isinstance(value, float) and not np.isfinite(value):
+                    raise MetadataError(f"filter {key!r}: {value!r} is not a finite number")
+                if isinstance(value, str):
+                    _check_text(value, f"filter {key!r} value")
                 if not isinstance(value, bool) and value is not None:
                     params[f"v{n}_{v}"] = value
                 options.append(_condition(f":p{n}", f":v{n}_{v}", value))
             clauses.append("(" + " OR ".join(options or ["0"]) + ")")
         query = f"SELECT id FROM items WHERE modality = :m AND {VISIBLE} AND " + " AND ".join(clauses or ["1"])
-        return np.fromiter((r[0] for r in self.conn.execute(query, params)), dtype=np.int64)
+        return np.sort(np.fromiter((r[0] for r in self.execute(query, params)), dtype=np.int64))
 
-    def files(self, uris: Iterable[str], generation: int) -> dict[str, tuple[str | None, list[int]]]:
-        """For each uri already stored: its content hash and its item ids."""
-        found: dict[str, tuple[str | None, list[int]]] = {}
+    def files(self, uris: Iterable[str], generation: int) -> dict[str, tuple[str | None, list[int], set[str]]]:
+        """For each uri already stored: its content hash, its item ids and the modalities of those items."""
+        found: dict[str, tuple[str | None, list[int], set[str]]] = {}
         for chunk in _chunks(list(uris)):
             params: dict[str, Any] = {"g": generation, **{f"u{n}": v for n, v in enumerate(chunk)}}
             marks = ",".join(f":u{n}" for n in range(len(chunk)))
-            query = f"SELECT uri, content_hash, id FROM items WHERE uri IN ({marks}) AND {VISIBLE} ORDER BY id"
-            for uri, digest, item_id in self.conn.execute(query, params):
-                found.setdefault(uri, (digest, []))[1].append(item_id)
+            query = (
+                f"SELECT uri, content_hash, id, modality FROM items WHERE uri IN ({marks}) AND {VISIBLE} ORDER BY id"
+            )
+            for uri, digest, item_id, modality in self.execute(query, params):
+                entry = found.setdefault(uri, (digest, [], set()))
+                entry[1].append(item_id)
+                entry[2].add(modality)
         return found
 
-    def uris_with(self, modality: str, uris: Iterable[str], generation: int) -> set[str]:
-        """Which of ``uris`` have at least one visible item of ``modality`` (a video's sound track, say)."""
-        found: set[str] = set()
-        for chunk in _chunks(list(uris)):
-            params: dict[str, Any] = {"g": generation, "m": modality, **{f"u{n}": v for n, v in enumerate(chunk)}}
-            marks = ",".join(f":u{n}" for n in range(len(chunk)))
-            query = f"SELECT DISTINCT uri FROM items WHERE modality = :m AND uri IN ({marks}) AND {VISIBLE}"
-            found.update(uri for (uri,) in self.conn.execute(query, params))
-        return found
+    def integrity(self) -> list[str]:
+        """``PRAGMA integrity_check`` problems (empty when the database is sound)."""
+        rows = [r[0] for r in self.execute("PRAGMA integrity_check", doing="checking the metadata")]
+        return [] if rows == ["ok"] else rows
+
+
+def _open_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection; on a read-only directory (no -shm can be made) the file is opened immutable."""
+    uri = "file:" + urllib.parse.quote(str(path.resolve())) + "?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError:
+        conn.close()
+        if os.access(path.parent, os.W_OK):
+            raise
+    conn = sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None, check_same_thread=False)
+    return conn
+
+
+def _check_text(value: str, what: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise MetadataError(f"{what} {value!r} is not valid Unicode text (lone surrogate)") from None
+    if "\x00" in value:
+        raise MetadataError(f"{what} {value!r} contains a NUL character")
 
 
 class _Transaction:
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
+    def __init__(self, db: MetaDB, doing: str) -> None:
+        self.db, self.doing = db, doing
 
     def __enter__(self) -> sqlite3.Connection:
-        self.conn.execute("BEGIN IMMEDIATE")
-        return self.conn
+        try:
+            self.db.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise db_error(self.db.path, exc, self.doing) from None
+        return self.db.conn
 
-    def __exit__(self, kind: object, *_: object) -> None:
-        self.conn.execute("ROLLBACK" if kind is not None else "COMMIT")
+    def __exit__(self, kind: object, value: BaseException | None, _tb: object) -> None:
+        conn = self.db.conn
+        if kind is None:
+            try:
+                conn.execute("COMMIT")
+                return
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise db_error(self.db.path, exc, self.doing) from None
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        if isinstance(value, sqlite3.IntegrityError) and "items.key" in str(value):
+            raise StoreError(f"{self.db.path}: a key given is already in the store (use upsert to replace)") from None
+        if isinstance(value, sqlite3.Error):
+            raise db_error(self.db.path, value, self.doing) from None
 
 
 @functools.lru_cache(maxsize=64)
 def _rows_query(n: int) -> str:
     """The SELECT of ``n`` rows by id that are visible at a generation (given twice, after the ids)."""
     return (
-        'SELECT id, modality, uri, start, "end", text, metadata, content_hash, added_at FROM items '
+        'SELECT id, key, modality, uri, start, "end", text, metadata, content_hash, added_at, added_gen FROM items '
         f"WHERE id IN ({','.join('?' * n)}) AND added_gen <= ? AND (removed_gen IS NULL OR removed_gen > ?)"
     )
 

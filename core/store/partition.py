@@ -1,350 +1,293 @@
-"""One modality partition: an ``IDMap2`` FAISS index (inner product) plus the score statistics used to
-calibrate its scores when several partitions are fused.
+"""One modality partition at one generation: its segments, searched together as one index would be.
 
-The statistics are the partition's vector count, sum and sum of outer products. For a query ``q`` they give
-the exact mean and standard deviation of ``q . x`` over every item ``x`` of the partition (``q . mean`` and
-``sqrt(q^T Cov q)``), which is what :mod:`anybind.store.fusion` turns into z-scores.
+Each segment answers with its own top-k (an exact BLAS scan of its mapped vectors, or its ANN index once
+sealed); the partition merges them exactly: best scores first, equal scores by ascending id, dead rows never
+returned. The partition's moments (count, sum, outer products) calibrate its scores for fusion.
 """
 
 from __future__ import annotations
 
-import contextlib
-import re
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
-from safetensors.numpy import load as load_tensors
-from safetensors.numpy import save as save_tensors
 
 from anybind.errors import StoreError
 
-from . import gpu
-from .files import write_atomic
+from . import ann, gpu
+from .files import RECOVER_HINT
+from .manifest import PartitionRecord
+from .moments import Moments
+from .segment import Segment, verified
 
-EXACT = "Flat"
-TRAIN_SAMPLE = 262_144  # vectors used to train an index (faiss subsamples further per centroid)
-
-
-def make_index(dim: int, factory: str) -> Any:
-    """An empty ``IDMap2`` over ``index_factory(factory)`` with inner-product metric."""
-    try:
-        inner = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as exc:
-        message = str(exc).strip().splitlines()[-1]
-        raise StoreError(f"index type {factory!r} is not a valid faiss index_factory string ({message})") from None
-    if isinstance(faiss.downcast_index(inner), faiss.IndexIDMap):
-        raise StoreError(f"index type {factory!r}: give the index without IDMap (the store adds IDMap2)")
-    return faiss.IndexIDMap2(inner)
+EXACT_FILTER_MAX = 50_000  # a filter that leaves at most this many items of a sealed segment is searched exactly
+SCAN_BLOCK = 32_768  # rows scored at once when many queries scan a segment
+SENTINEL = np.iinfo(np.int64).max  # the id of a padding entry (sorts after every real id, never returned)
 
 
-MIN_TRAIN = 1000  # any trained index (SQ ranges, PCA, OPQ) waits for at least this many vectors
+def merge_top_k(scores: list[np.ndarray], ids: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-segment (nq, *) candidates into the (nq, <=k) best: score descending, then id ascending."""
+    if not scores:
+        return np.empty((0, 0), np.float32), np.empty((0, 0), np.int64)
+    all_scores = np.concatenate(scores, axis=1) if len(scores) > 1 else scores[0]
+    all_ids = np.concatenate(ids, axis=1) if len(ids) > 1 else ids[0]
+    k = min(k, all_scores.shape[1])
+    out_s = np.empty((len(all_scores), k), np.float32)
+    out_i = np.empty((len(all_scores), k), np.int64)
+    for row in range(len(all_scores)):
+        order = np.lexsort((all_ids[row], -all_scores[row]))[:k]
+        out_s[row], out_i[row] = all_scores[row][order], all_ids[row][order]
+    return out_s, out_i
 
 
-def min_train(factory: str, dim: int) -> int:
-    """Vectors needed before ``factory`` is trained: 39 points per IVF list or PQ centroid, and at least
-    max(1000, 2 * dim) for anything that trains at all (scalar-quantiser ranges, PCA)."""
-    if not needs_training(dim, factory):
-        return 1
-    need = max(MIN_TRAIN, 2 * dim)
-    for nlist in re.findall(r"IVF(\d+)", factory):
-        need = max(need, 39 * int(nlist))
-    for nbits in re.findall(r"PQ\d+(?:x(\d+))?", factory):
-        need = max(need, 39 * 2 ** int(nbits or 8))
-    return need
+def top_candidates(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``scores`` (nq, n) the candidates that can reach the top ``k``: everything scoring at least the
+    k-th best (so that ties at the boundary are decided by id in :func:`merge_top_k`)."""
+    n = scores.shape[1]
+    if n <= k:
+        return scores, np.broadcast_to(ids, scores.shape)
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    kth = np.take_along_axis(scores, part, axis=1).min(axis=1)
+    if len(scores) == 1:
+        keep = np.flatnonzero(scores[0] >= kth[0])
+        return scores[:, keep], ids[keep][None, :]
+    out_s, out_i = [], []
+    width = 0
+    for row in range(len(scores)):
+        keep = np.flatnonzero(scores[row] >= kth[row])
+        out_s.append(scores[row, keep])
+        out_i.append(ids[keep])
+        width = max(width, len(keep))
+    pad_s = np.full((len(scores), width), -np.inf, np.float32)
+    pad_i = np.full((len(scores), width), SENTINEL, np.int64)
+    for row, (s, i) in enumerate(zip(out_s, out_i, strict=True)):
+        pad_s[row, : len(s)], pad_i[row, : len(i)] = s, i
+    return pad_s, pad_i
 
 
-def needs_training(dim: int, factory: str) -> bool:
-    return not make_index(dim, factory).is_trained
+def exact_scan(seg: Segment, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k candidates of a segment (all live rows), block by block for many queries."""
+    n = seg.record.rows
+    block = n if len(queries) <= ann.BLAS_MAX_QUERIES else SCAN_BLOCK
+    found_s, found_i = [], []
+    for start in range(0, n, block):
+        scores = queries @ seg.vectors[start : start + block].T  # one sgemv/sgemm over the map
+        ids = seg.ids[start : start + block]
+        if seg.live is not None:
+            scores[:, ~seg.live[start : start + block]] = -np.inf
+        s, i = top_candidates(scores, ids, k)
+        found_s.append(s)
+        found_i.append(i)
+    if len(found_s) > 1:
+        return merge_top_k(found_s, found_i, k)
+    return found_s[0], np.ascontiguousarray(found_i[0])
 
 
-UNSUPPORTED = object()  # search_params: this composite index cannot take a selector; search exactly instead
+def _drop_dead(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """-1 (no hit) from faiss becomes an entry that sorts last and is cut by the caller."""
+    bad = ids < 0
+    if bad.any():
+        scores = np.where(bad, -np.inf, scores).astype(np.float32)
+        ids = np.where(bad, SENTINEL, ids)
+    return scores, ids
 
 
-def ann_structure(index: Any) -> tuple[str, Any] | None:
-    """``("nprobe", ivf)`` or ``("efSearch", hnsw)`` for the ANN structure inside a partition (also under PCA,
-    OPQ or refinement wrappers), or None for exact indexes."""
-    inner = faiss.downcast_index(index.index)
-    try:
-        return "nprobe", faiss.extract_index_ivf(inner)
-    except RuntimeError:
-        pass
-    if isinstance(inner, faiss.IndexPreTransform):
-        inner = faiss.downcast_index(inner.index)
-    if isinstance(inner, faiss.IndexHNSW):
-        return "efSearch", inner
-    return None
+class PartitionView:
+    """A partition at one generation, as one searchable unit over its segments."""
 
-
-def search_params(index: Any, params: dict[str, int], selector: Any | None) -> Any:
-    """faiss search parameters for a filtered search (None without a filter: the index's own settings apply)."""
-    if selector is None:
-        return None
-    inner = faiss.downcast_index(index.index)
-    if isinstance(inner, faiss.IndexIVF):
-        return faiss.SearchParametersIVF(sel=selector, nprobe=params.get("nprobe", inner.nprobe))
-    if isinstance(inner, faiss.IndexHNSW):
-        return faiss.SearchParametersHNSW(sel=selector, efSearch=params.get("efSearch", inner.hnsw.efSearch))
-    if isinstance(inner, faiss.IndexFlat):
-        return faiss.SearchParameters(sel=selector)
-    return UNSUPPORTED
-
-
-BLAS_MAX_QUERIES = 16  # up to this many queries, a Flat scan is one BLAS call here (faiss loops without BLAS)
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """faiss without OpenMP for a few queries: HNSW and IVF parallelise over queries, so one query gains nothing,
-    and on a busy machine the idle OpenMP threads' barrier cost up to a scheduler slice (8 ms measured)."""
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(threads)
-
-
-def _matvec_top_k(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k by inner product for a few queries: one sgemv/sgemm over the stored vectors, then a partial sort.
-
-    faiss's Flat search of a single query scans at about a third of the memory bandwidth a BLAS matrix-vector
-    product reaches on the same machine (docs/benchmarks.md); equal scores order by id, like faiss.
-    """
-    scores = np.ascontiguousarray(queries, dtype=np.float32) @ vectors.T  # (nq, n)
-    k = min(k, scores.shape[1])
-    top_scores = np.empty((len(queries), k), np.float32)
-    top_ids = np.empty((len(queries), k), np.int64)
-    for row, line in enumerate(scores):
-        if k < len(line):  # everything scoring at least the k-th best, so that ties at the boundary go by id
-            kth = line[np.argpartition(-line, k - 1)[k - 1]]
-            part = np.flatnonzero(line >= kth)
-        else:
-            part = np.arange(len(line))
-        order = np.lexsort((ids[part], -line[part]))[:k]
-        top_scores[row], top_ids[row] = line[part][order], ids[part][order]
-    return top_scores, top_ids
-
-
-@dataclass
-class Moments:
-    """Count, sum and sum of outer products of a partition's vectors (float64)."""
-
-    count: int
-    total: np.ndarray
-    outer: np.ndarray
-    _derived: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
-
-    @classmethod
-    def empty(cls, dim: int) -> Moments:
-        return cls(0, np.zeros(dim), np.zeros((dim, dim)))
-
-    def add(self, vectors: np.ndarray, sign: int = 1) -> None:
-        x = vectors.astype(np.float64)
-        self.count += sign * len(x)
-        self.total += sign * x.sum(axis=0)
-        self.outer += sign * (x.T @ x)
-        self._derived = None
-
-    def score_moments(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and standard deviation of ``q . x`` over the partition, for each query row."""
-        q = queries.astype(np.float64)
-        if self.count < 2:
-            return np.zeros(len(q)), np.ones(len(q))
-        if self._derived is None:  # once per change of the partition, not once per query
-            mean = self.total / self.count
-            cov = self.outer / self.count - np.outer(mean, mean)  # accumulated in float64, read in float32
-            self._derived = (mean.astype(np.float32), cov.astype(np.float32))
-        mean_vec, cov = self._derived
-        q32 = q.astype(np.float32)
-        var = ((q32 @ cov) * q32).sum(axis=1, dtype=np.float64)  # q C q^T per row through BLAS: 1 MB read at d = 512
-        return (q32 @ mean_vec).astype(np.float64), np.sqrt(np.clip(var, 1e-12, None))
-
-    def to_bytes(self) -> bytes:
-        return save_tensors(
-            {"count": np.array([self.count], dtype=np.int64), "total": self.total, "outer": self.outer},
-            metadata={"format": "anybind-moments-1"},
-        )
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> Moments:
-        tensors = load_tensors(data)
-        return cls(int(tensors["count"][0]), tensors["total"], tensors["outer"])
-
-
-class Partition:
-    """A FAISS index of one modality's vectors, with its moments and search parameters."""
-
-    def __init__(self, dim: int, factory: str, built: str, index: Any, moments: Moments, params: dict[str, int]):
-        self.dim = dim
-        self.factory = factory
-        self.built = built
-        self.index = index
-        self.ann = ann_structure(index)  # ("nprobe", ivf) / ("efSearch", hnsw) inside ``index``, or None
-        self.moments = moments
-        self._gpu: gpu.GpuSearcher | bool | None = False  # False: not tried yet
-        self._params: dict[str, int] = {}
-        self.params = params
-
-    @property
-    def params(self) -> dict[str, int]:
-        """Search-time parameters (``nprobe`` for IVF, ``efSearch`` for HNSW), applied to the index when set."""
-        return dict(self._params)
-
-    @params.setter
-    def params(self, value: dict[str, int]) -> None:
-        self._params = dict(value)
-        self._gpu = False  # a GPU copy carries its own nprobe: rebuild it with the new one
-        if self.ann is not None and self.ann[0] in self._params:
-            key, structure = self.ann
-            if key == "nprobe":
-                structure.nprobe = int(self._params[key])
-            else:
-                structure.hnsw.efSearch = int(self._params[key])
-
-    @classmethod
-    def new(cls, dim: int, factory: str) -> Partition:
-        built = EXACT if needs_training(dim, factory) else factory
-        return cls(dim, factory, built, make_index(dim, built), Moments.empty(dim), {})
-
-    @classmethod
-    def load(cls, dim: int, factory: str, built: str, params: dict[str, int], index_path: Path, stats_path: Path):
-        try:
-            index = faiss.read_index(str(index_path))
-            moments = Moments.from_bytes(stats_path.read_bytes())
-        except (RuntimeError, OSError, ValueError, KeyError) as exc:
-            raise StoreError(f"{index_path}: cannot read partition: {exc}") from None
-        if index.d != dim:
-            raise StoreError(f"{index_path}: partition is {index.d}-d but the store's space is {dim}-d")
-        return cls(dim, factory, built, index, moments, params)
+    def __init__(
+        self,
+        root: Path,
+        name: str,
+        record: PartitionRecord,
+        dim: int,
+        scanner: Any = None,
+        cache: dict[tuple[str, ...], Segment] | None = None,
+    ) -> None:
+        """``cache`` keeps loaded segments across generations (keyed by their immutable file names), so a new
+        generation maps only its new files and re-reads no index."""
+        self.name, self.record, self.dim = name, record, dim
+        self.folder = root / name
+        self.segments = []
+        for seg in record.segments:
+            key = (name, seg.vectors.name, seg.deleted.name if seg.deleted else "", seg.index.name if seg.index else "")
+            loaded = cache.get(key) if cache is not None else None
+            if loaded is None:
+                loaded = Segment(self.folder, seg, dim, record.params)
+                if cache is not None:
+                    cache[key] = loaded
+            elif loaded.params != record.params:
+                loaded.set_params(record.params)
+            self.segments.append(loaded)
+        self.scanner = scanner  # a TorchScanner for exact scans on a GPU, or None
+        live = sum(seg.record.live for seg in self.segments)
+        if live != record.count:
+            raise StoreError(f"{self.folder}: segments hold {live} live rows, the manifest counts {record.count}")
+        self.moments = Moments.empty(dim)
+        if record.moments is not None:
+            path = verified(self.folder / record.moments.name, record.moments)
+            try:
+                self.moments = Moments.from_bytes(path.read_bytes())
+            except Exception as exc:  # safetensors raises its own error types
+                raise StoreError(f"{path}: cannot read the partition's moments ({exc}); {RECOVER_HINT}") from None
+            if self.moments.count != record.count or self.moments.total.shape != (dim,):
+                raise StoreError(f"{path}: moments of {self.moments.count} items, the manifest counts {record.count}")
 
     @property
     def count(self) -> int:
-        return int(self.index.ntotal)
+        return self.record.count
 
     @property
-    def pending_training(self) -> bool:
-        return self.built != self.factory
+    def factory(self) -> str:
+        return self.record.factory
 
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        self.index.add_with_ids(vectors, ids)
-        self.moments.add(vectors)
-        self._gpu = False
+    @property
+    def built(self) -> str:
+        """The index type searched: the factory once every live row is in a sealed segment, else Flat."""
+        kinds = {seg.record.built or ann.EXACT for seg in self.segments if seg.record.live}
+        if not kinds:
+            return ann.EXACT
+        return kinds.pop() if len(kinds) == 1 else ann.EXACT + "+" + "+".join(sorted(kinds - {ann.EXACT}))
 
-    def remove(self, ids: np.ndarray, vectors: np.ndarray) -> bool:
-        """Remove ids; False if this index type cannot remove in place (the caller rebuilds the partition).
+    @property
+    def exact(self) -> bool:
+        return all(seg.exact for seg in self.segments if seg.record.live)
 
-        Only a flat inner index is removed in place: IDMap2 compacts its id map assuming the inner index
-        renumbers like Flat does, which IVF does not (its ids would slide), and HNSW cannot remove at all.
-        """
-        self.moments.add(vectors, sign=-1)
-        self._gpu = False
-        if not isinstance(faiss.downcast_index(self.index.index), faiss.IndexFlat):
-            return False
-        try:
-            self.index.remove_ids(faiss.IDSelectorBatch(ids))
-        except RuntimeError:  # HNSW and some others do not support removal
-            return False
-        return True
+    def set_params(self, params: dict[str, int]) -> None:
+        for seg in self.segments:
+            seg.set_params(params)
 
-    def rebuild(self, factory: str, blocks: Iterable[tuple[np.ndarray, np.ndarray]], retrain: bool = False) -> None:
-        """Rebuild from every (ids, vectors) block; trains ``factory`` if there are enough vectors, else Flat.
+    def search(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Top-k (scores, ids) per query over every live row (``allowed``: only these ids); the flag says whether
+        every candidate came from an exact scan. Rows have fewer than k entries when fewer items qualify."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        found_s: list[np.ndarray] = []
+        found_i: list[np.ndarray] = []
+        exact = True
+        live = [seg for seg in self.segments if seg.record.live]
+        if allowed is None and self.scanner is not None:
+            flat = [seg for seg in live if seg.exact]
+            if flat:
+                triples = [(seg.folder.name + "/" + seg.name, seg.vectors, seg.ids, seg.live) for seg in flat]
+                s, i = self.scanner.top_k(triples, queries, k)
+                found_s.append(s)
+                found_i.append(i)
+                live = [seg for seg in live if not seg.exact]
+        for seg in live:
+            if allowed is not None:
+                s, i, was_exact = self._filtered(seg, queries, k, allowed)
+            elif seg.exact:
+                s, i, was_exact = (*exact_scan(seg, queries, k), True)
+            else:
+                s, i, was_exact = (*self._ann(seg, queries, k, None), False)
+            exact = exact and was_exact
+            found_s.append(s)
+            found_i.append(i)
+        if not found_s:
+            return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64), True
+        scores, ids = merge_top_k(found_s, found_i, k)
+        missing = (ids == SENTINEL) | np.isneginf(scores)  # padding, faiss misses, dead rows of a tiny segment
+        if missing.any():
+            if len(ids) == 1:
+                keep = ~missing[0]
+                scores, ids = scores[:, keep], ids[:, keep]
+            else:
+                ids = np.where(missing, -1, ids)
+        return scores, ids, exact
 
-        An index of the same type that is already trained keeps its training unless ``retrain``.
-        """
-        ids_list, vec_list = [], []
-        for ids, vectors in blocks:
-            ids_list.append(ids)
-            vec_list.append(vectors)
-        ids = np.concatenate(ids_list) if ids_list else np.empty(0, dtype=np.int64)
-        vectors = np.concatenate(vec_list) if vec_list else np.empty((0, self.dim), dtype=np.float32)
-        built = factory if len(ids) >= min_train(factory, self.dim) else EXACT
-        reuse = built == self.built and built != EXACT and self.index.is_trained and not retrain
-        if reuse:  # same trained structure (IVF lists, HNSW parameters): empty a copy and refill it
-            inner = faiss.clone_index(self.index.index)
-            inner.reset()
-            index = faiss.IndexIDMap2(inner)
+    def _filtered(
+        self, seg: Segment, queries: np.ndarray, k: int, allowed: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, bool]:
+        pos = seg.positions(allowed)
+        if not len(pos):
+            return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64), True
+        if seg.exact or len(pos) <= EXACT_FILTER_MAX:
+            scores = queries @ np.asarray(seg.vectors[pos]).T
+            s, i = top_candidates(scores, seg.ids[pos], k)
+            return s, np.ascontiguousarray(i), True
+        s, i = self._ann(seg, queries, k, seg.ids[pos])
+        if ((i != SENTINEL).sum(axis=1) < min(k, len(pos))).any():  # the ANN walk missed some: score them exactly
+            scores = queries @ np.asarray(seg.vectors[pos]).T
+            s, i = top_candidates(scores, seg.ids[pos], k)
+            return s, np.ascontiguousarray(i), True
+        return s, i, bool(((i != SENTINEL).sum(axis=1) == len(pos)).all())  # every allowed row came back: exact
+
+    def _ann(self, seg: Segment, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None):
+        """Search a sealed segment's index; tombstoned rows (and ids outside ``allowed_ids``) are excluded inside
+        the search by a selector. IVF searches that find fewer than k widen their probe."""
+        selector = None
+        if allowed_ids is not None:
+            selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
+        elif len(seg.deleted):
+            selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.ascontiguousarray(seg.ids[seg.deleted])))
+        k = min(k, seg.record.rows)
+        params = ann.search_params(seg.index, self.record.params, selector)
+        if params is ann.UNSUPPORTED:  # a composite index that cannot filter: score live/allowed rows exactly
+            pos = seg.positions(allowed_ids if allowed_ids is not None else seg.ids)
+            scores = queries @ np.asarray(seg.vectors[pos]).T
+            s, i = top_candidates(scores, seg.ids[pos], k)
+            return s, np.ascontiguousarray(i)
+        if selector is None and seg.gpu is False:
+            seg.gpu = gpu.GpuSearcher.try_build(seg.index, self.record.params)
+        if selector is None and seg.gpu and k <= gpu.GPU_MAX_K:
+            scores, ids = seg.gpu.search(queries, k)
+        elif len(queries) <= ann.BLAS_MAX_QUERIES:
+            with ann.one_thread():
+                scores, ids = seg.index.search(queries, k, params=params)
         else:
-            index = make_index(self.dim, built)
-        if not index.is_trained:
-            sample = vectors
-            if len(vectors) > TRAIN_SAMPLE:
-                pick = np.random.default_rng(0).choice(len(vectors), TRAIN_SAMPLE, replace=False)
-                sample = vectors[np.sort(pick)]
-            inner = faiss.downcast_index(index.index)
-            on_gpu = gpu.clustering_index(self.dim) if isinstance(inner, faiss.IndexIVF) else None
-            if on_gpu is not None:
-                inner.clustering_index = on_gpu
-            try:
-                index.train(sample)
-            except RuntimeError as exc:
-                raise StoreError(f"index {built!r} cannot be trained on {len(sample)} vectors: {exc}") from None
-            if on_gpu is not None:
-                inner.clustering_index = None
-        if len(ids):
-            index.add_with_ids(vectors, ids)
-        moments = Moments.empty(self.dim)
-        if len(vectors):
-            moments.add(vectors)
-        keep = self._params if built == self.built else {}
-        self.factory, self.built, self.index, self.moments = factory, built, index, moments
-        self.ann = ann_structure(index)
-        self.params = keep
+            scores, ids = seg.index.search(queries, k, params=params)
+        if seg.ann is not None and seg.ann[0] == "nprobe" and (ids < 0).any():
+            scores, ids = self._wider(seg, queries, k, params)
+        return _drop_dead(scores, ids)
 
-    def search(self, queries: np.ndarray, k: int, selector: Any | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, ids) per query; ids are -1 where fewer than k were found."""
-        k = max(1, min(k, self.count))
-        if self.count == 0:
-            return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
-        if selector is not None:
-            params = search_params(self.index, self._params, selector)
-            if params is UNSUPPORTED:
-                raise NotImplementedError("this index type cannot filter inside the search")
-            return self.index.search(queries, k, params=params)
-        if self._gpu is False:
-            self._gpu = gpu.GpuSearcher.try_build(self.index, self._params)
-        if not self._gpu and len(queries) <= BLAS_MAX_QUERIES and (flat := self._flat_view()) is not None:
-            return _matvec_top_k(*flat, queries, k)
-        on_gpu = self._gpu and k <= gpu.GPU_MAX_K  # faiss GPU Flat/IVF return at most 2048 per query
-        if on_gpu:
-            scores, ids = self._gpu.search(queries, k)  # type: ignore[union-attr]
-        elif len(queries) <= BLAS_MAX_QUERIES:
-            with _one_thread():
-                scores, ids = self.index.search(queries, k)
-        else:
-            scores, ids = self.index.search(queries, k)
-        if self.ann is not None and self.ann[0] == "nprobe" and (ids < 0).any():
-            scores, ids = self._search_wider(self.ann[1], queries, k)  # the probed lists held fewer than k items
-        return scores, ids
-
-    def _flat_view(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """Zero-copy views of a Flat partition's vectors ``(n, d)`` and ids ``(n,)``; ``None`` for other types."""
-        inner = faiss.downcast_index(self.index.index)
-        if not isinstance(inner, faiss.IndexFlat) or inner.metric_type != faiss.METRIC_INNER_PRODUCT:
-            return None
-        n = int(inner.ntotal)
-        vectors = faiss.rev_swig_ptr(inner.get_xb(), n * self.dim).reshape(n, self.dim)
-        return vectors, faiss.rev_swig_ptr(self.index.id_map.data(), n)
-
-    def _search_wider(self, ivf: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Search again, probing 4x more lists each time, until k hits come back or every list is probed."""
-        nprobe, original = ivf.nprobe, ivf.nprobe
+    @staticmethod
+    def _wider(seg: Segment, queries: np.ndarray, k: int, params: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Search again probing 4x more lists each time, until k hits come back or every list is probed."""
+        assert seg.ann is not None
+        ivf = seg.ann[1]
+        nprobe = params.nprobe if params is not None else ivf.nprobe
+        original = ivf.nprobe
         try:
             while True:
                 nprobe = min(ivf.nlist, nprobe * 4)
                 ivf.nprobe = nprobe
-                scores, ids = self.index.search(queries, k)
+                if params is not None:
+                    params.nprobe = nprobe
+                scores, ids = seg.index.search(queries, k, params=params)
                 if not (ids < 0).any() or nprobe >= ivf.nlist:
                     return scores, ids
         finally:
             ivf.nprobe = original
 
-    def save(self, directory: Path, generation: int, name: str) -> tuple[str, str]:
-        """Write the index and its moments for ``generation``; returns their file names."""
-        index_name, stats_name = f"{name}.{generation}.faiss", f"{name}.{generation}.moments.safetensors"
-        write_atomic(directory / index_name, faiss.serialize_index(self.index).tobytes())
-        write_atomic(directory / stats_name, self.moments.to_bytes())
-        return index_name, stats_name
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """Stored vectors of ``ids`` in the given order; rows of ids that are not live here are NaN."""
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.full((len(ids), self.dim), np.nan, dtype=np.float32)
+        if not len(ids):
+            return out
+        for seg in self.segments:
+            if not seg.record.rows:
+                continue
+            inside = np.flatnonzero((ids >= seg.record.min_id) & (ids <= seg.record.max_id))
+            if not len(inside):
+                continue
+            pos = np.searchsorted(seg.ids, ids[inside])
+            pos = np.minimum(pos, len(seg.ids) - 1)
+            hit = seg.ids[pos] == ids[inside]
+            if seg.live is not None:
+                hit &= seg.live[pos]
+            out[inside[hit]] = seg.vectors[pos[hit]]
+        return out
+
+    def live_ids(self) -> np.ndarray:
+        parts = [seg.ids if seg.live is None else seg.ids[seg.live] for seg in self.segments]
+        return np.sort(np.concatenate(parts)) if parts else np.empty(0, np.int64)
+
+    def blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) of every live row, segment by segment."""
+        for seg in self.segments:
+            yield from seg.live_blocks()

@@ -1,57 +1,49 @@
-"""``Store``: a directory holding one FAISS partition per modality, SQLite metadata and a manifest.
+"""``Store``: a directory of modality partitions (immutable segments), SQLite metadata and a manifest.
 
-Layout::
+Layout (docs/store.md has the whole story)::
 
-    DIR/manifest.json               format, generation, next id, space (spec + fingerprint), partitions
-    DIR/metadata.sqlite             items: id, modality, uri, segment, text, metadata, hash, generations, vector
-    DIR/partitions/<modality>.<generation>.faiss              IDMap2 index (inner product)
-    DIR/partitions/<modality>.<generation>.moments.safetensors  score statistics for calibration
-    DIR/lock                        held (flock) by the one writer
+    DIR/manifest.json                       format 2, generation, next id, space, per partition its files + CRC-32
+    DIR/items.sqlite                        items: id, key, modality, uri, segment, text, metadata, generations
+    DIR/segments/<modality>/<seg>.vectors.npy / .ids.npy    raw float32 vectors and sorted int64 ids
+    DIR/segments/<modality>/<seg>.<gen>.deleted.npy         tombstones (row positions)
+    DIR/segments/<modality>/<seg>.index.faiss               the ANN index of a sealed segment
+    DIR/segments/<modality>/moments.<gen>.safetensors       score statistics for calibration
 
-A commit stages SQLite rows for generation g+1 (invisible to readers, who filter by the manifest's
-generation), writes the changed partitions under new names (temp file, fsync, rename), and finally renames a
-new manifest in. A crash at any point leaves generation g or g+1; the next writer drops what g+1 staged.
+``Store`` is a façade: a :class:`~anybind.store.writer.Writer` (lock, recovery, commits) for writes, a
+:class:`~anybind.store.snapshot.Snapshot` (one generation, read-only) for reads, and
+:class:`~anybind.store.ingest.Ingest` for embedding inputs. Not thread-safe: use one ``Store`` per thread.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import operator
 import os
-import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from anybind.errors import AnybindError, EmbeddingError, MetadataError, StoreError
-from anybind.modality import describe_item
+from anybind.errors import AnybindError, MetadataError, StoreError
 from anybind.plugin_host import PluginHost, get_host
 from anybind.space import Space
 from anybind.space_config import SpaceConfig
 from anybind.space_loader import load_space
 
+from . import inputs
 from .files import directory_bytes
 from .hits import SearchResult
-from .manifest import Manifest, PartitionRecord, SpaceRecord, now, read_manifest, write_manifest
-from .metadata import MetaDB, NewItem
-from .partition import Partition, make_index, min_train
-from .records import IndexReport, Metadata, RemoveReport, check_name, file_digest, metadata_list
+from .manifest import ITEMS_DB, MANIFEST, SEGMENTS, Manifest, SpaceRecord, read_manifest, read_raw
+from .metadata import MetaDB, Row
+from .partition import PartitionView
+from .records import IndexReport, Metadata, RemoveReport, check_name
+from .search import query_vector, run_search
+from .snapshot import Snapshot, StaleSnapshot
+from .writer import Writer, create_store, leftover_of_creation
 
-PARTITIONS = "partitions"
-LOCK = "lock"
 DEFAULT_SPACE = "anybind-mini"
 """The space of a new store opened without one (the small space the ``mini`` plugin ships)."""
-
-
-def _is_segment(value: Any) -> bool:
-    try:
-        start, end = (float(v) for v in value)
-    except (TypeError, ValueError):
-        return False
-    return bool(np.isfinite([start, end]).all()) and 0 <= start <= end
+STORE_FILES = (MANIFEST, ITEMS_DB, SEGMENTS, "metadata.sqlite", "partitions")  # v2 and v1 names
+SEARCH_RETRIES = 5
 
 
 def _default_space(root: Path, device: str, batch_size: int, host: PluginHost | None) -> Space:
@@ -66,23 +58,32 @@ def _default_space(root: Path, device: str, batch_size: int, host: PluginHost | 
         ) from exc
 
 
-def _leftover_of_creation(name: str) -> bool:
-    """Files a writer killed while creating a store can leave behind (the next one creates it again)."""
-    return name in (LOCK, PARTITIONS) or name.startswith(("metadata.sqlite", ".manifest.json."))
+def _refuse_without_manifest(root: Path) -> None:
+    """A directory with store files but no manifest is damaged: never re-created over, never read as empty."""
+    found = sorted(p.name for p in root.iterdir() if p.name in STORE_FILES)
+    if found:
+        raise StoreError(
+            f"{root}: holds store files ({', '.join(found)}) but no readable {MANIFEST}: the store is damaged and is "
+            "not re-created over. Restore manifest.json from a backup (run `anybind check --db DIR` to see what is "
+            "there), or index into a new --db"
+        )
+    raise StoreError(f"{root}: directory is not empty and is not an anybind store; choose a new --db")
 
 
 class Store:
-    """A persistent, modality-partitioned FAISS store. Open with :meth:`Store.open`; not thread-safe."""
+    """A persistent, modality-partitioned vector store. Open with :meth:`Store.open`; not thread-safe."""
 
-    def __init__(self, path: Path, manifest: Manifest, space: Space | None, options: dict[str, Any]) -> None:
+    def __init__(self, path: Path, space: Space | None, options: dict[str, Any]) -> None:
         self.path = path
-        self.manifest = manifest
         self._space = space
         self._options = options
-        self.db = MetaDB(path)
-        self._cache: dict[str, Partition] = {}  # partition file name -> loaded partition
-        self._stamp = self._manifest_stamp()
-        self._lock_depth = 0
+        self._writer: Writer | None = None
+        self._db: MetaDB | None = None
+        self._snap: Snapshot | None = None
+        self._stamp: tuple[int, int, int] | None = None
+        self._segments: dict[tuple[str, ...], Any] = {}  # loaded segments, shared by this store's snapshots
+        self._scanner: Any = False  # a TorchScanner on a CUDA machine; False = not looked for yet
+        self.snapshot()
 
     # -- opening ---------------------------------------------------------------------------------------
 
@@ -97,19 +98,27 @@ class Store:
         device: str = "auto",
         batch_size: int = 32,
         host: PluginHost | None = None,
+        lock_timeout: float | None = None,
+        migrate: bool = False,
     ) -> Store:
         """Open (or create) the store at ``path``.
 
         ``space`` is a loaded :class:`Space`, a spec, a TOML space file or a ``SpaceConfig``; a new store opened
         without one uses :data:`DEFAULT_SPACE` (``anybind-mini``). When given for an existing store it must have
         the fingerprint the store was built with; without it the store's recorded space is loaded on first use.
-        ``index`` is the faiss ``index_factory`` string of a new store (default Flat).
+        ``index`` is the faiss ``index_factory`` string of a new store (default Flat). ``lock_timeout``: seconds a
+        write waits for another writer (default ``ANYBIND_LOCK_TIMEOUT`` or 60). ``migrate=True`` converts a
+        store of format 1 in place first (see :mod:`anybind.store.migrate`); without it such a store is refused.
         """
         root = Path(path)
-        options = {"device": device, "batch_size": batch_size, "host": host}
+        options = {"device": device, "batch_size": batch_size, "host": host, "lock_timeout": lock_timeout}
         if space is not None and not isinstance(space, Space):  # a spec, a space file or a SpaceConfig
             space = load_space(space, device=device, batch_size=batch_size, host=host)
-        if (root / "manifest.json").exists():
+        if (root / MANIFEST).exists():
+            if migrate and read_raw(root).get("format") == 1:
+                from .migrate import migrate_v1
+
+                migrate_v1(root, lock_timeout=lock_timeout)
             manifest = read_manifest(root)
             if space is not None and space.fingerprint != manifest.space.fingerprint:
                 raise StoreError(
@@ -121,17 +130,21 @@ class Store:
                     f"{root} creates {manifest.default_index!r} partitions; to change an existing partition's index "
                     f"type, run `anybind optimize --db {root} --index {index}` (Store.optimize(index=...))"
                 )
-            return cls(root, manifest, space, options)
-        if not create:
-            raise StoreError(f"{root}: not an anybind store (no manifest.json)")
+            return cls(root, space, options)
         if root.exists() and not root.is_dir():
             raise StoreError(f"{root}: exists and is not a directory")
-        if root.exists() and not all(_leftover_of_creation(p.name) for p in root.iterdir()):
-            raise StoreError(f"{root}: directory is not empty and is not an anybind store; choose a new --db")
+        if not create:
+            if root.is_dir() and any(p.name in STORE_FILES for p in root.iterdir()):
+                _refuse_without_manifest(root)
+            raise StoreError(f"{root}: not an anybind store (no {MANIFEST})")
+        if root.exists() and not leftover_of_creation(root):
+            _refuse_without_manifest(root)
         if space is None:
             space = _default_space(root, device, batch_size, host)
+        from .ann import make_index
+
         make_index(space.dim, index or "Flat")  # refuse a bad factory string before creating anything
-        (root / PARTITIONS).mkdir(parents=True, exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True)
         record = SpaceRecord(
             spec=space.name,
             config=space.config.model_dump(),
@@ -140,16 +153,35 @@ class Store:
             dim=space.dim,
             describe=space.describe(),
         )
-        store = cls(root, Manifest(space=record, default_index=index or "Flat"), space, options)
-        with store._writing():
-            if not (root / "manifest.json").exists():
-                write_manifest(root, store.manifest)
-        store.close()
-        return cls.open(root, space, create=False, index=index, device=device, batch_size=batch_size, host=host)
+        writer = Writer(root, lock_timeout=lock_timeout)
+        writer._acquire()  # two processes creating the same store: one creates, the other opens it
+        try:
+            if not (root / MANIFEST).exists():
+                if not leftover_of_creation(root):
+                    _refuse_without_manifest(root)
+                for name in (ITEMS_DB, f"{ITEMS_DB}-wal", f"{ITEMS_DB}-shm"):
+                    (root / name).unlink(missing_ok=True)
+                create_store(root, Manifest(space=record, default_index=index or "Flat"))
+        finally:
+            writer._release()
+        return cls.open(
+            root,
+            space,
+            create=False,
+            index=index,
+            device=device,
+            batch_size=batch_size,
+            host=host,
+            lock_timeout=lock_timeout,
+        )
 
     def close(self) -> None:
-        self.db.close()
-        self._cache.clear()
+        if self._writer is not None:
+            self._writer.close()
+        if self._db is not None:
+            self._db.close()
+        self._writer = self._db = self._snap = None
+        self._segments.clear()
 
     def __enter__(self) -> Store:
         return self
@@ -183,6 +215,48 @@ class Store:
             self._space = space
         return self._space
 
+    # -- the two halves: a writer and the current snapshot --------------------------------------------
+
+    @property
+    def writer(self) -> Writer:
+        """The store's :class:`Writer` (opened on first write)."""
+        if self._writer is None:
+            self._writer = Writer(self.path, lock_timeout=self._options["lock_timeout"])
+        return self._writer
+
+    def _stat(self) -> tuple[int, int, int]:
+        try:
+            st = os.stat(self.path / MANIFEST)
+        except FileNotFoundError:
+            raise StoreError(f"{self.path}: {MANIFEST} is gone (the store was deleted or damaged)") from None
+        return (st.st_mtime_ns, st.st_ino, st.st_size)
+
+    def snapshot(self) -> Snapshot:
+        """The current generation's read view (re-read when another process or this one committed)."""
+        stamp = self._stat()
+        if self._snap is None or stamp != self._stamp:
+            if self._db is None:
+                self._db = MetaDB(self.path, readonly=True)
+            if self._scanner is False:
+                from .torch_scan import TorchScanner
+
+                self._scanner = TorchScanner.create() if self._options["device"] != "cpu" else None
+            snap = Snapshot.open(self.path, self._db, self._scanner)
+            snap.cache = self._segments
+            live = {(name, s.vectors.name) for name, p in snap.manifest.partitions.items() for s in p.segments}
+            for key in [key for key in self._segments if (key[0], key[1]) not in live]:
+                del self._segments[key]
+            self._snap, self._stamp = snap, stamp
+        return self._snap
+
+    def refresh(self) -> None:
+        """Pick up a generation committed by another process (searches do this themselves)."""
+        self.snapshot()
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.snapshot().manifest
+
     @property
     def dim(self) -> int:
         return self.manifest.space.dim
@@ -194,178 +268,10 @@ class Store:
     @property
     def modalities(self) -> list[str]:
         """Partitions with at least one item."""
-        return sorted(name for name, p in self.manifest.partitions.items() if p.count)
+        return self.snapshot().modalities
 
     def __len__(self) -> int:
-        return sum(p.count for p in self.manifest.partitions.values())
-
-    # -- generations, partitions, locking --------------------------------------------------------------
-
-    def _manifest_stamp(self) -> tuple[int, int]:
-        try:
-            st = os.stat(self.path / "manifest.json")
-        except OSError:
-            return (0, 0)
-        return (st.st_mtime_ns, st.st_ino)
-
-    def refresh(self) -> None:
-        """Pick up a generation committed by another process (searches do this themselves)."""
-        stamp = self._manifest_stamp()
-        if stamp != self._stamp:
-            self.manifest = read_manifest(self.path)
-            self._stamp = stamp
-            records = {p.file: p for p in self.manifest.partitions.values()}
-            self._cache = {name: part for name, part in self._cache.items() if name in records}
-            for name, part in self._cache.items():  # optimize may retune a partition without rewriting it
-                if part.params != records[name].params:
-                    part.params, part._gpu = dict(records[name].params), False
-
-    def partition(self, modality: str) -> Partition | None:
-        """The loaded partition of a modality at the current generation (None if the store has none)."""
-        for attempt in range(3):
-            record = self.manifest.partitions.get(modality)
-            if record is None:
-                return None
-            if record.file not in self._cache:
-                try:
-                    self._cache[record.file] = Partition.load(
-                        self.dim,
-                        record.factory,
-                        record.built,
-                        record.params,
-                        self.path / PARTITIONS / record.file,
-                        self.path / PARTITIONS / record.stats,
-                    )
-                except StoreError:
-                    if attempt == 2:
-                        raise
-                    time.sleep(0.05)  # a writer replaced the generation between manifest and file: reread
-                    self._stamp = (0, 0)
-                    self.refresh()
-                    continue
-            return self._cache[record.file]
-        return None  # pragma: no cover
-
-    @contextlib.contextmanager
-    def _writing(self, timeout: float = 60.0) -> Iterator[None]:
-        """Hold the store's write lock; on first entry, catch up with the latest generation and recover."""
-        if self._lock_depth:
-            self._lock_depth += 1
-            try:
-                yield
-            finally:
-                self._lock_depth -= 1
-            return
-        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    os.close(fd)
-                    raise StoreError(
-                        f"{self.path}: another process is writing to this store (waited {timeout:.0f}s)"
-                    ) from None
-                time.sleep(0.05)
-        self._lock_depth = 1
-        try:
-            if (self.path / "manifest.json").exists():
-                self._stamp = (0, 0)
-                self.refresh()
-                self.db.recover(self.manifest.generation)
-                self._collect_garbage()
-            yield
-        finally:
-            self._lock_depth = 0
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
-
-    def _collect_garbage(self) -> None:
-        """Delete partition files (and temp files) that the current manifest does not name."""
-        live = {name for p in self.manifest.partitions.values() for name in (p.file, p.stats)}
-        for entry in (self.path / PARTITIONS).iterdir():
-            if entry.name not in live:
-                with contextlib.suppress(OSError):
-                    entry.unlink()
-
-    def _factory(self, modality: str) -> str:
-        record = self.manifest.partitions.get(modality)
-        return record.factory if record else self.manifest.default_index
-
-    def _commit(self, items: Sequence[NewItem], remove: Iterable[int] = (), rebuild: Mapping[str, str] = ()) -> dict:
-        """Write one generation: add ``items``, remove ids, rebuild partitions (modality -> factory).
-
-        Returns ``{"ids": [...], "removed": {modality: [ids]}}``. Caller holds the write lock.
-        """
-        assert self._lock_depth, "commit without the write lock"
-        old = self.manifest
-        generation = old.generation + 1
-        ids = list(range(old.next_id, old.next_id + len(items)))
-        with self.db.transaction():
-            removed = self.db.mark_removed(remove, generation)
-            self.db.insert(ids, items, generation, now())
-        added: dict[str, tuple[list[int], list[np.ndarray]]] = {}
-        for item_id, item in zip(ids, items, strict=True):
-            entry = added.setdefault(item.modality, ([], []))
-            entry[0].append(item_id)
-            entry[1].append(item.vector)
-        manifest = old.model_copy(deep=True)
-        manifest.generation, manifest.next_id = generation, old.next_id + len(items)
-        saved: dict[str, Partition] = {}
-        try:
-            for modality in sorted(set(added) | set(removed) | set(rebuild)):
-                part = self.partition(modality) or Partition.new(self.dim, self._factory(modality))
-                factory = dict(rebuild).get(modality, part.factory)
-                full = modality in rebuild
-                if modality in removed and not full:
-                    gone = np.asarray(removed[modality], dtype=np.int64)
-                    full = not part.remove(gone, self.db.vectors(gone.tolist(), self.dim))
-                if modality in added and not full:
-                    new_ids, vectors = added[modality]
-                    part.add(np.asarray(new_ids, dtype=np.int64), np.stack(vectors))
-                    full = part.pending_training and part.count >= min_train(part.factory, self.dim)
-                if full:
-                    retrain = modality in rebuild
-                    part.rebuild(factory, self.db.partition(modality, generation), retrain=retrain)
-                files = part.save(self.path / PARTITIONS, generation, modality)
-                saved[files[0]] = part
-                manifest.partitions[modality] = PartitionRecord(
-                    factory=part.factory,
-                    built=part.built,
-                    count=part.count,
-                    file=files[0],
-                    stats=files[1],
-                    params=part.params,
-                )
-            write_manifest(self.path, manifest)
-        except BaseException as exc:
-            if self._generation_on_disk() != generation:  # not committed: undo, so this writer can go on
-                self._cache.clear()  # in-memory partitions may hold half a commit; reload from disk
-                with contextlib.suppress(Exception):
-                    self.db.recover(old.generation)
-                if isinstance(exc, OSError):
-                    raise StoreError(f"{self.path}: commit failed, the store is unchanged: {exc}") from exc
-                raise
-            self._adopt(manifest, saved)  # the manifest rename happened: generation g+1 is the store now
-            raise
-        self._adopt(manifest, saved)
-        return {"ids": ids, "removed": removed}
-
-    def _generation_on_disk(self) -> int | None:
-        try:
-            return read_manifest(self.path).generation
-        except StoreError:
-            return None
-
-    def _adopt(self, manifest: Manifest, saved: dict[str, Partition]) -> None:
-        self.manifest = manifest
-        self._stamp = self._manifest_stamp()
-        live = {p.file for p in manifest.partitions.values()}
-        self._cache = {name: part for name, part in self._cache.items() if name in live} | saved
-        with contextlib.suppress(OSError):
-            self._collect_garbage()
+        return len(self.snapshot())
 
     # -- writing ---------------------------------------------------------------------------------------
 
@@ -378,148 +284,114 @@ class Store:
         texts: Sequence[str | None] | None = None,
         segments: Sequence[tuple[float, float] | None] | None = None,
         metadata: Metadata = None,
+        keys: Sequence[str] | None = None,
+        upsert: bool = False,
     ) -> list[int]:
-        """Add precomputed anchor-space vectors (normalised here); all or nothing. Returns the new ids.
+        """Add precomputed anchor-space vectors (normalised here) in one commit; all or nothing. Returns the ids.
 
-        Raises :class:`EmbeddingError` naming the row for a wrong shape, NaN/inf or an all-zero vector.
+        ``keys``: one caller string per vector, unique in the store (a key already present is an error, or with
+        ``upsert=True`` its item is replaced in the same commit). Raises :class:`EmbeddingError` naming the row for
+        a wrong shape, NaN/inf or an all-zero vector, :class:`MetadataError` for bad keys, segments or metadata.
         """
         check_name(modality)
-        try:
-            array = np.asarray(vectors, dtype=np.float32)
-        except (TypeError, ValueError) as exc:
-            raise EmbeddingError(f"vectors for {modality!r} are not numeric: {exc}") from None
-        if array.ndim == 1:
-            array = array[None, :]
-        if array.ndim != 2 or array.shape[1] != self.dim:
-            raise EmbeddingError(f"vectors for {modality!r} have shape {array.shape}; this store needs (n, {self.dim})")
+        array = inputs.unit_vectors(vectors, modality, self.dim)
         if len(array) == 0:
             return []
-        bad = np.flatnonzero(~np.isfinite(array).all(axis=1))
-        if len(bad):
-            raise EmbeddingError(f"vector {int(bad[0])} for {modality!r} has NaN or infinite values; nothing added")
-        wide = array.astype(np.float64)
-        norms = np.linalg.norm(wide, axis=1)
-        if (norms == 0).any():
-            raise EmbeddingError(f"vector {int(np.argmax(norms == 0))} for {modality!r} is all zeros; nothing added")
-        array = (wide / norms[:, None]).astype(np.float32)
-        n = len(array)
-        for name, values in (("uris", uris), ("texts", texts), ("segments", segments)):
-            if values is not None and len(values) != n:
-                raise EmbeddingError(f"{name} has {len(values)} entries for {n} vectors")
-        for row in range(n):
-            text = texts[row] if texts is not None else None
-            segment = segments[row] if segments is not None else None
-            if text is not None and not isinstance(text, str):
-                raise MetadataError(f"texts[{row}] is a {type(text).__name__}, not a string")
-            if segment is not None and not _is_segment(segment):
-                raise MetadataError(f"segments[{row}] is {segment!r}; give (start, end) seconds with 0 <= start <= end")
-        metas = metadata_list(metadata, [None] * n if uris is None else list(uris))
-        items = []
-        for row in range(n):
-            segment = segments[row] if segments is not None else None
-            items.append(
-                NewItem(
-                    modality,
-                    array[row],
-                    uri=uris[row] if uris is not None else None,
-                    text=texts[row] if texts is not None else None,
-                    start=segment[0] if segment else None,
-                    end=segment[1] if segment else None,
-                    metadata=metas[row],
-                )
-            )
-        with self._writing():
-            return self._commit(items)["ids"]
+        items = inputs.vector_items(
+            modality, array, uris=uris, texts=texts, segments=segments, metadata=metadata, keys=keys
+        )
+        with self.writer.locked():
+            commit = self.writer.commit(items, upsert=upsert)
+        return commit.ids
 
-    def add(self, modality: str, items: Any, *, metadata: Metadata = None) -> IndexReport:
+    def upsert_vectors(self, modality: str, vectors: Any, *, keys: Sequence[str], **columns: Any) -> list[int]:
+        """:meth:`add_vectors` that replaces the items whose keys are already in the store (one commit)."""
+        return self.add_vectors(modality, vectors, keys=keys, upsert=True, **columns)
+
+    def add(
+        self,
+        modality: str,
+        items: Any,
+        *,
+        metadata: Metadata = None,
+        keys: Sequence[str] | None = None,
+        upsert: bool = False,
+    ) -> IndexReport:
         """Embed ``items`` with the store's space and add every one that can be embedded, in one commit.
 
-        A path becomes the item's ``uri``; a string given for ``text`` is stored as the item's text. Audio and
-        video inputs become one item per time segment (``start``/``end`` seconds).
-        Items that fail are in the report's ``errors`` (with the input named); the rest are added.
+        A path becomes the item's ``uri``; a string given for ``text`` is stored as the item's text. Time-segmented
+        inputs (audio, video) become one item per segment (``start``/``end`` seconds). Items that fail are in the
+        report's ``errors`` (with the input named); the rest are added. ``keys``/``upsert`` as in
+        :meth:`add_vectors` (all segments of one input share its key's replacement).
         """
-        seq = [items] if isinstance(items, (str, bytes, os.PathLike)) else list(items)
-        metas = metadata_list(metadata, seq)
-        report = IndexReport()
-        new, labels = [], []
-        for position, vectors, spans in self._embedded(modality, seq, report):
-            item = seq[position]
-            uri = os.path.realpath(item) if isinstance(item, os.PathLike) else None
-            if isinstance(item, str) and modality != "text":
-                uri = os.path.realpath(item)
-            text = item if isinstance(item, str) and uri is None else None
-            digest = file_digest(uri) if uri and os.path.isfile(uri) else None
-            for vector, (start, end) in zip(vectors, spans, strict=True):
-                new.append(
-                    NewItem(
-                        modality,
-                        vector,
-                        uri=uri,
-                        start=start,
-                        end=end,
-                        text=text,
-                        metadata=metas[position],
-                        content_hash=digest,
-                    )
-                )
-                labels.append(describe_item(item, position))
-        if new:
-            with self._writing():
-                ids = self._commit(new)["ids"]
-            for label, item_id in zip(labels, ids, strict=True):
-                report.added.setdefault(label, []).append(item_id)
-        report.generation = self.generation
-        return report
+        from .ingest import Ingest
 
-    def _embedded(
-        self, modality: str, seq: Sequence[Any], report: IndexReport
-    ) -> Iterator[tuple[int, np.ndarray, list[tuple[float | None, float | None]]]]:
-        """(position, vectors, spans) per input that embedded; errors go to the report."""
-        mod, _ = self.space.route(modality)
-        if mod.temporal:
-            for item in self.space.try_embed_segments(modality, seq):
-                if item.error is not None:
-                    report.errors.append(item.error)
-                else:
-                    assert item.vectors is not None
-                    yield item.key, item.vectors, list(zip(item.starts, item.ends, strict=True))
-            return
-        result = self.space.try_embed(modality, seq)
-        report.errors.extend(result.errors)
-        for vector, position in zip(result.vectors, result.indices, strict=True):
-            yield position, vector[None, :], [(None, None)]
+        return Ingest(self.space, self.writer, exclude=[self.path]).items(
+            modality, items, metadata=metadata, keys=keys, upsert=upsert
+        )
+
+    def upsert(self, modality: str, items: Any, *, keys: Sequence[str], metadata: Metadata = None) -> IndexReport:
+        """:meth:`add` that replaces the items whose keys are already in the store (one commit)."""
+        return self.add(modality, items, metadata=metadata, keys=keys, upsert=True)
 
     def add_files(self, paths: Iterable[str | os.PathLike[str]], **options: Any) -> IndexReport:
         """Index files (and folders): sniff each file's modality, decode in worker threads, embed, commit.
 
-        An unchanged file (same content hash at the same path) is skipped; a changed one replaces its old
-        items. Options: ``recursive``, ``modality``, ``metadata`` (dict or callable(path) -> dict),
+        An unchanged file (same content hash at the same path, same modality) is skipped; a changed one replaces
+        its old items. Options: ``recursive``, ``modality``, ``metadata`` (dict or callable(path) -> dict),
         ``workers``, ``commit_every``, ``progress`` (callable(done, total)). See :mod:`anybind.store.ingest`.
         """
-        from .ingest import index_files
+        from .ingest import Ingest
 
-        return index_files(self, list(paths), **options)
+        return Ingest(self.space, self.writer, exclude=[self.path]).files(list(paths), **options)
 
-    def remove(self, ids: Iterable[int]) -> RemoveReport:
-        """Remove items by id in one commit; ids that are not in the store are reported as ``missing``."""
-        try:
-            wanted = sorted({operator.index(i) for i in ids})
-        except TypeError as exc:
-            raise StoreError(f"item ids are integers: {exc}") from None
-        out_of_range = [i for i in wanted if not 0 < i < 2**63]
-        if out_of_range:
-            raise StoreError(f"item id {out_of_range[0]} is out of range (ids are positive 64-bit integers)")
-        if not wanted:
+    def remove(self, ids: Iterable[int] | None = None, *, keys: Iterable[str] | None = None) -> RemoveReport:
+        """Remove items by id and/or by key in one commit; those not in the store are reported as ``missing``."""
+        wanted = inputs.item_ids(ids or [])
+        key_list = inputs.check_keys(list(keys), len(list(keys))) if keys is not None else []
+        if not wanted and not key_list:
             return RemoveReport([], [], self.generation)
-        with self._writing():
-            present = set(self.db.rows(wanted, self.generation))
+        with self.writer.locked() as manifest:
+            db = self.writer.db
+            by_key = db.by_keys([k for k in key_list if k is not None], manifest.generation)
+            present = set(db.rows(wanted, manifest.generation)) | {i for found in by_key.values() for i in found}
+            missing: list[Any] = [i for i in wanted if i not in present]
+            missing += [k for k in key_list if k not in by_key]
             if not present:
-                return RemoveReport([], wanted, self.generation)
-            removed = self._commit([], remove=sorted(present))["removed"]
-        gone = sorted(i for ids in removed.values() for i in ids)
-        return RemoveReport(gone, [i for i in wanted if i not in present], self.generation)
+                return RemoveReport([], missing, manifest.generation)
+            commit = self.writer.commit(remove=sorted(present))
+        gone = sorted(i for ids in commit.removed.values() for i in ids)
+        return RemoveReport(gone, missing, commit.generation)
 
     # -- reading ---------------------------------------------------------------------------------------
+
+    def get(self, ids: Iterable[int] | None = None, *, keys: Iterable[str] | None = None) -> list[Row]:
+        """The stored rows (metadata, not vectors) of ``ids`` and/or ``keys`` present now, in id order."""
+        snap = self.snapshot()
+        wanted = set(inputs.item_ids(ids or []))
+        with snap.reading() as db:
+            if keys is not None:
+                key_list = [k for k in inputs.check_keys(list(keys), len(list(keys))) if k is not None]
+                wanted |= {i for found in db.by_keys(key_list, snap.generation).values() for i in found}
+            rows = db.rows(sorted(wanted), snap.generation)
+        return [rows[i] for i in sorted(rows)]
+
+    def vectors(self, ids: Sequence[int]) -> np.ndarray:
+        """Stored unit vectors of ``ids`` (anchor space, float32 ``(n, d)``); rows of absent ids are NaN."""
+        snap = self.snapshot()
+        want = np.asarray(list(ids), dtype=np.int64)
+        out = np.full((len(want), snap.dim), np.nan, dtype=np.float32)
+        for name in snap.manifest.partitions:
+            part = snap.partition(name)
+            if part is not None and len(want):
+                found = part.vectors(want)
+                hit = ~np.isnan(found[:, 0])
+                out[hit] = found[hit]
+        return out
+
+    def partition(self, modality: str) -> PartitionView | None:
+        """The partition of ``modality`` at the current generation (its segments, moments, index types)."""
+        return self.snapshot().partition(modality)
 
     def search(
         self,
@@ -544,46 +416,56 @@ class Store:
         plus a text modifier). ``where`` filters on metadata inside the search (``{"album": "x"}``, a list
         means any of). ``rerank=N`` re-scores the top N ANN candidates exactly from the stored vectors.
         Hits from several partitions are ranked by calibrated score (see :class:`~anybind.store.hits.Hit`).
-        Audio and video hits roll up per file: each file's best segment, with its ``start``/``end``;
-        ``segments=True`` returns every matching segment instead.
+        Hits of time-segmented partitions roll up per file: each file's best segment, with its ``start``/``end``;
+        ``segments=True`` returns every matching segment instead. Every hit comes from one generation.
         """
-        from .search import run_search
-
-        inputs = {
-            name: value
-            for name, value in (
-                ("text", text),
-                ("image", image),
-                ("audio", audio),
-                ("video", video),
-                ("vector", vector),
-            )
-            if value is not None
-        }
-        inputs.update(query or {})
-        return run_search(self, inputs, weights=weights, to=to, k=k, where=where, rerank=rerank, rollup=not segments)
+        named = {"text": text, "image": image, "audio": audio, "video": video, "vector": vector}
+        given = {name: value for name, value in named.items() if value is not None}
+        if query is not None and not isinstance(query, Mapping):
+            raise MetadataError(f"query must be a dict of modality -> item, got {type(query).__name__}")
+        given.update(query or {})
+        q = query_vector(self.dim, lambda modality, item: self.space.embed(modality, [item])[0], given, weights)
+        for _ in range(SEARCH_RETRIES):
+            snap = self.snapshot()
+            names = [] if to is None else ([t.strip() for t in to.split(",")] if isinstance(to, str) else list(to))
+            known = () if all(n in snap.manifest.partitions for n in names) else list(self.host.modalities)
+            try:
+                return run_search(snap, q, to=to, known=known, k=k, where=where, rerank=rerank, rollup=not segments)
+            except StaleSnapshot:
+                self._stamp = None  # a writer moved on under this search: search the new generation instead
+        raise StoreError(f"{self.path}: writers kept replacing the generation under a search ({SEARCH_RETRIES} tries)")
 
     def info(self) -> dict[str, Any]:
-        """Space, generation, items per partition, index types and bytes on disk."""
-        self.refresh()
-        manifest = self.manifest
+        """Space, generation, items per partition, index types, segments and bytes on disk. Every partition's
+        files are checked (size, CRC-32) on the way: a damaged one raises :class:`StoreError` naming it."""
+        snap = self.snapshot()
+        manifest = snap.manifest
+        for name in manifest.partitions:
+            snap.partition(name)
         partitions = {}
         for name, record in sorted(manifest.partitions.items()):
-            files = [self.path / PARTITIONS / record.file, self.path / PARTITIONS / record.stats]
+            sealed = [s.built for s in record.segments if s.built]
+            built = sealed[0] if sealed and len(sealed) == len(record.segments) else "Flat"
+            files = [f for s in record.segments for f in (s.vectors, s.ids, s.deleted, s.index) if f is not None]
+            files += [record.moments] if record.moments else []
             partitions[name] = {
                 "count": record.count,
-                "index": record.built,
+                "index": built,
                 "requested_index": record.factory,
-                "pending_training": record.built != record.factory,
+                "pending_training": built != record.factory,
                 "params": record.params,
-                "bytes": sum(f.stat().st_size for f in files if f.exists()),
+                "segments": len(record.segments),
+                "sealed_segments": len(sealed),
+                "deleted_rows": sum(s.deleted_rows for s in record.segments),
+                "temporal": record.temporal,
+                "bytes": sum(f.bytes for f in files),
             }
         return {
             "path": str(self.path),
             "format": manifest.format,
             "generation": manifest.generation,
             "space": {"name": manifest.space.name, "fingerprint": manifest.space.fingerprint, "dim": self.dim},
-            "items": len(self),
+            "items": sum(p.count for p in manifest.partitions.values()),
             "default_index": manifest.default_index,
             "partitions": partitions,
             "bytes": directory_bytes(self.path),
@@ -595,14 +477,20 @@ class Store:
         """ANN recall@k of each partition against exact search, with stored vectors as queries."""
         from .tuning import partition_recall
 
-        self.refresh()
-        return {name: partition_recall(self, name, k=k, queries=queries, seed=seed) for name in self.modalities}
+        snap = self.snapshot()
+        return {name: partition_recall(snap, name, k=k, queries=queries, seed=seed) for name in snap.modalities}
 
     def optimize(
         self, modality: str | None = None, index: str | None = None, target_recall: float = 0.95
     ) -> dict[str, dict[str, Any]]:
-        """Rebuild grown Flat partitions as IVF (or any partition as ``index``); tune nprobe/efSearch of ANN
-        partitions to the smallest value reaching ``target_recall`` (recall@10 against exact search)."""
+        """Merge each partition into one segment indexed with its ANN type (a grown Flat partition becomes IVF,
+        any becomes ``index``) and tune nprobe/efSearch to the smallest value reaching ``target_recall``."""
         from .tuning import optimize
 
-        return optimize(self, modality=modality, index=index, target_recall=target_recall)
+        return optimize(self.writer, self.snapshot, modality=modality, index=index, target_recall=target_recall)
+
+    def check(self) -> dict[str, Any]:
+        """Verify every file (checksums, counts, ids) and the metadata; see :func:`anybind.store.check.check`."""
+        from .check import check
+
+        return check(self.path)
