@@ -11,8 +11,10 @@ runs every part at toy sizes on the CPU in about a minute (checks the code, the 
    tensors in host memory (copy to the GPU and back included), each in its own child process
    (``ingest_bench``'s children with ``device="cuda"``).
 3. **Scans of 1M x 512** (``bench/data.py``'s vectors and exact top-10): the HBM bandwidth measured with torch
-   (read: ``sum``; copy), an exact scan in torch (``X @ q`` + ``topk``), faiss-gpu ``IndexFlatIP`` (one query,
-   then a batch sweep) and ``IVF4096,Flat`` trained and searched on the GPU (nprobe swept to recall@10 0.95).
+   (read: ``sum``; copy), an exact scan in torch (``X @ q`` + ``topk``), the store's own torch backend
+   (``anybind.store.torch_scan.TorchScanner``: float16 on the device, certified exact in float32),
+   faiss-gpu ``IndexFlatIP`` (one query, then a batch sweep)
+   and ``IVF4096,Flat`` trained and searched on the GPU (nprobe swept to recall@10 0.95).
    faiss's GPU parts need a faiss with GPU support (``pip install -e .[gpu]``); without one they are listed as
    not run and the torch figures remain.
 """
@@ -149,6 +151,7 @@ def child_scans(files: dict, device: str, batches: list[int], nlist: int, hbm_by
         _batch_row("torch X @ Q.T + topk", lambda Q: torch.topk(Q @ x.T, data.K, dim=1), q, base.nbytes, device)
         for q in (torch.from_numpy(chunks[b]).to(device) for b in batches)
     ]
+    scans += _store_scanner(base, chunks, batches, files, sweep, device)
     out["faiss_gpu"] = gpu_count()
     if out["faiss_gpu"]:
         import faiss
@@ -168,6 +171,26 @@ def child_scans(files: dict, device: str, batches: list[int], nlist: int, hbm_by
         out["ivf"] = {"skipped": "faiss has no GPU support here (pip install -e .[gpu] installs faiss-gpu-cu12)"}
     out |= {"scans": scans, "sweep": sweep, "n": len(base), "vector_bytes": base.nbytes}
     return out
+
+
+def _store_scanner(
+    base: np.ndarray, chunks: dict, batches: list[int], files: dict, sweep: list, device: str
+) -> list[dict[str, Any]]:
+    """The store's own torch backend (``TorchScanner``: float16 candidates on the device, re-scored and certified
+    exact in float32 on the CPU) over the base set as one segment: one query at a time, and the batch sweep."""
+    from anybind.store.torch_scan import TorchScanner
+
+    scanner = TorchScanner(device=device, dtype="float16")
+    ids = np.arange(len(base), dtype=np.int64)
+    segment = [("bench/base", base, ids, None)]
+    search = lambda v: scanner.top_k(segment, v[None], data.K)[1][0]  # noqa: E731
+    rows = [_one_query("anybind TorchScanner (fp16 + exact re-score)", search, files, base.nbytes)]
+    sweep += [
+        _batch_row("anybind TorchScanner", lambda Q: scanner.top_k(segment, Q, data.K), chunks[b], base.nbytes, device)
+        for b in batches
+    ]
+    scanner.drop(["bench/base"])
+    return rows
 
 
 def _memory_bandwidth(device: str, nbytes: int) -> dict[str, float]:

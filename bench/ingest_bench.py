@@ -292,7 +292,7 @@ def child_anybind(
     result = _stop(start, cpu)
     result.update(items=len(report.ids), errors=len(report.errors), load_before=load_before)
     ids = [report.added[str(path)][0] for path in paths[:CHECK]]
-    result["check"] = _unit(store.db.vectors(ids, store.space.dim))
+    result["check"] = _unit(store.vectors(ids))
     if not space:
         from transformers import AutoImageProcessor
 

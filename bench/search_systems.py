@@ -133,12 +133,13 @@ def child_anybind(files: dict, store: str, index: str, clip: str, flat_store: st
     if report is None:
         out |= _measure(search, files)
     else:  # from optimize()'s choice up the ladder (set on the loaded partition, not written to the manifest)
-        key, structure = part.ann
-        chosen = part.params[key]
+        seg = next(s for s in part.segments if s.ann is not None)  # optimize() leaves one indexed segment
+        key, structure = seg.ann
+        chosen = seg.params[key]
         ladder = EF_SEARCH if key == "efSearch" else [v for v in NPROBE if v <= structure.nlist]
-        out |= _sweep(search, files, lambda v: setattr(part, "params", {key: v}), [v for v in ladder if v >= chosen])
+        out |= _sweep(search, files, lambda v: part.set_params({key: v}), [v for v in ladder if v >= chosen])
         out["optimize"] = {"params": report["params"], "own_recall": report.get("recall@10")}
-    out["params"] = dict(part.params)
+    out["params"] = next((dict(s.params) for s in part.segments if s.ann is not None), {})
     q, _ = _queries(files)
     out["index_only_p50_ms"] = summarize(latencies(lambda v: part.search(v[None], K), q)[0])["p50_ms"]
     return out
