@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+import anybind
 from anybind.errors import StoreError
 from anybind.store import torch_scan
 from anybind.store.torch_scan import TorchScanner, cuda_visible
@@ -232,3 +233,43 @@ def test_cuda_scan_matches_numpy_on_100k_by_512(dtype):
         assert_same(scanner.top_k(segments, queries, k), (expected[0][:, :k], expected[1][:, :k]))
     assert set(scanner._copies) == {"big", "small"}
     assert_same(scanner.top_k(segments, queries[:2], 10), (expected[0][:2, :10], expected[1][:2, :10]))
+
+
+def _store_with_segments(tmp_path, space, rng) -> tuple[anybind.Store, np.ndarray, np.ndarray]:
+    """A Flat store of 5 commits (5 segments) with every 7th item removed: (store, live ids, their unit vectors)."""
+    store = anybind.Store.open(tmp_path / "db", space=space)
+    vectors = unit(rng.standard_normal((5_000, space.dim)))
+    ids = np.concatenate([store.add_vectors("image", chunk) for chunk in np.split(vectors, 5)])
+    store.remove(ids[::7].tolist())
+    keep = np.ones(len(ids), bool)
+    keep[::7] = False
+    return store, ids[keep], vectors[keep]
+
+
+def _expected(ids: np.ndarray, vectors: np.ndarray, q: np.ndarray, k: int) -> list[int]:
+    scores = vectors.astype(np.float64) @ (q / np.linalg.norm(q)).astype(np.float64)
+    return ids[np.lexsort((ids, -scores))[:k]].tolist()
+
+
+def test_store_search_through_a_scanner_equals_brute_force(tmp_path, clip_space, monkeypatch):
+    """The store hands its exact segments to the scanner (here a CPU TorchScanner standing in for CUDA)."""
+    monkeypatch.setattr(TorchScanner, "create", classmethod(lambda cls: cls(device="cpu", dtype="float32")))
+    rng = np.random.default_rng(11)
+    store, ids, vectors = _store_with_segments(tmp_path, clip_space, rng)
+    store = anybind.Store.open(tmp_path / "db", device="auto")
+    assert len(store.partition("image").segments) == 5
+    for q in rng.standard_normal((20, clip_space.dim)).astype(np.float32):
+        assert store.search(vector=q, to="image", k=10).ids() == _expected(ids, vectors, q, 10)
+    assert isinstance(store._scanner, TorchScanner) and len(store._scanner._copies) == 5
+
+
+@pytest.mark.gpu
+def test_store_search_on_cuda_equals_brute_force(tmp_path, clip_space):
+    if not cuda_visible():
+        pytest.fail("marked gpu but torch sees no CUDA device")
+    rng = np.random.default_rng(12)
+    _, ids, vectors = _store_with_segments(tmp_path, clip_space, rng)
+    store = anybind.Store.open(tmp_path / "db")
+    for q in rng.standard_normal((50, clip_space.dim)).astype(np.float32):
+        assert store.search(vector=q, to="image", k=10).ids() == _expected(ids, vectors, q, 10)
+    assert isinstance(store._scanner, TorchScanner) and store._scanner.device.type == "cuda"

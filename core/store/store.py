@@ -244,8 +244,11 @@ class Store:
             snap = Snapshot.open(self.path, self._db, self._scanner)
             snap.cache = self._segments
             live = {(name, s.vectors.name) for name, p in snap.manifest.partitions.items() for s in p.segments}
-            for key in [key for key in self._segments if (key[0], key[1]) not in live]:
+            gone = [key for key in self._segments if (key[0], key[1]) not in live]  # merged away
+            for key in gone:
                 del self._segments[key]
+            if self._scanner is not None and gone:  # their device copies too
+                self._scanner.drop(f"{key[0]}/{key[1].removesuffix('.vectors.npy')}" for key in gone)
             self._snap, self._stamp = snap, stamp
         return self._snap
 
