@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS items (
     removed_gen INTEGER
 );
 CREATE INDEX IF NOT EXISTS items_modality ON items (modality, added_gen);
-CREATE INDEX IF NOT EXISTS items_uri ON items (uri);
+CREATE INDEX IF NOT EXISTS items_uri ON items (uri) WHERE uri IS NOT NULL;
+CREATE INDEX IF NOT EXISTS items_removed ON items (removed_gen) WHERE removed_gen IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS items_key ON items (key, part) WHERE key IS NOT NULL AND removed_gen IS NULL;
 CREATE TABLE IF NOT EXISTS commits (generation INTEGER PRIMARY KEY, added INTEGER NOT NULL, removed INTEGER NOT NULL,
                                     at TEXT NOT NULL);
@@ -186,17 +187,30 @@ class MetaDB:
     # -- writes (the caller holds the store's write lock) ---------------------------------------------
 
     def recover(self, generation: int) -> int:
-        """Drop what a crashed writer staged after ``generation``, and rows removed before it (rows removed at
-        ``generation`` stay, for readers still on the one before)."""
+        """Drop what a crashed (or failed) writer staged after ``generation``; returns the number of rows dropped.
+
+        Staged rows have the highest ids (ids only grow), so three indexed lookups tell whether anything is
+        staged; the common case writes nothing."""
+        staged_marks = self.execute(
+            "SELECT (SELECT added_gen FROM items ORDER BY id DESC LIMIT 1) > :g"
+            " OR EXISTS (SELECT 1 FROM items WHERE removed_gen > :g)"
+            " OR (SELECT MAX(generation) FROM commits) > :g",
+            {"g": generation},
+        ).fetchone()[0]
+        if not staged_marks:
+            return 0
         with self.transaction("recovering the metadata"):
             staged = self.conn.execute("DELETE FROM items WHERE added_gen > ?", (generation,)).rowcount
             self.conn.execute("UPDATE items SET removed_gen = NULL WHERE removed_gen > ?", (generation,))
             self.conn.execute("DELETE FROM commits WHERE generation > ?", (generation,))
-            purge = generation
-            if purge > self.purged_below():
-                self.conn.execute("DELETE FROM items WHERE removed_gen < ?", (purge,))
-                self.conn.execute("INSERT OR REPLACE INTO state (name, value) VALUES ('purged_below', ?)", (purge,))
         return staged
+
+    def purge(self, generation: int) -> None:
+        """Delete rows removed before ``generation`` (rows removed at it stay, for readers still on the one
+        before); inside the caller's transaction. Readers of older generations then get StaleSnapshot."""
+        if generation > self.purged_below():
+            self.conn.execute("DELETE FROM items WHERE removed_gen < ?", (generation,))  # the items_removed index
+            self.conn.execute("INSERT OR REPLACE INTO state (name, value) VALUES ('purged_below', ?)", (generation,))
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -227,7 +241,9 @@ class MetaDB:
                 item.start,
                 item.end,
                 item.text[:TEXT_PREVIEW] if item.text is not None else None,
-                json.dumps(dict(item.metadata or {}), ensure_ascii=False, allow_nan=False, sort_keys=True),
+                json.dumps(dict(item.metadata), ensure_ascii=False, allow_nan=False, sort_keys=True)
+                if item.metadata
+                else "{}",
                 item.content_hash,
                 added_at,
                 generation,

@@ -6,11 +6,22 @@ partition (``q . mean`` and ``sqrt(q^T Cov q)``), which search turns into z-scor
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 from safetensors.numpy import load as load_tensors
 from safetensors.numpy import save as save_tensors
+
+
+def gram(x: np.ndarray) -> np.ndarray:
+    """``x.T @ x`` in float32. Through torch's BLAS when torch is already imported (anybind's spaces import it):
+    measured 3 ms for 1024 x 512 on the 2-core VM where NumPy's bundled BLAS took 14-25 ms."""
+    torch = sys.modules.get("torch")
+    if torch is not None and len(x) >= 64:
+        t = torch.from_numpy(x)
+        return (t.T @ t).numpy()
+    return x.T @ x
 
 
 @dataclass
@@ -33,8 +44,11 @@ class Moments:
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         self.count += sign * len(x)
         self.total += sign * x.sum(axis=0, dtype=np.float64)
-        self.outer += sign * (x.T @ x).astype(np.float64)
+        self.outer += sign * gram(x).astype(np.float64)
         self._derived = None
+
+    def copy(self) -> Moments:
+        return Moments(self.count, self.total.copy(), self.outer.copy())
 
     def score_moments(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mean and standard deviation of ``q . x`` over the partition, for each query row."""

@@ -98,6 +98,7 @@ class Writer:
         self._db: MetaDB | None = None
         self._fd: int | None = None
         self._depth = 0
+        self._moments_cache: dict[tuple[str, str, str], Moments] = {}  # (modality, file, crc) -> what it holds
 
     @property
     def db(self) -> MetaDB:
@@ -130,8 +131,9 @@ class Writer:
             manifest = read_manifest(self.root)
             self.db.check_generation(manifest.generation)
             self.db.recover(manifest.generation)
+            if self.manifest is None or self.manifest.generation != manifest.generation:  # another writer was here
+                self.collect_garbage(manifest)  # (this writer's own commits collect as they go)
             self.manifest = manifest
-            self.collect_garbage(manifest)
             yield manifest
         finally:
             self._depth = 0
@@ -220,6 +222,7 @@ class Writer:
                     more = f" and {len(present) - 5} more" if len(present) > 5 else ""
                     raise StoreError(f"{self.root}: keys already in the store: {shown}{more} (use upsert to replace)")
                 wanted |= {i for found in present.values() for i in found}
+            self.db.purge(old.generation)
             removed = self.db.mark_removed(sorted(wanted), generation)
             self.db.insert(ids, items, generation, now())
             self.db.record_commit(generation, len(items), sum(map(len, removed.values())), now())
@@ -298,7 +301,7 @@ class Writer:
             folder.mkdir(parents=True, exist_ok=True)
             fsync_dir(folder.parent)
             fsync_dir(self.root)
-        moments = self._moments(folder, record, dim)
+        moments = self._moments(modality, folder, record, dim)
         segments = list(record.segments)
         if removed:
             gone = np.asarray(sorted(removed), dtype=np.int64)
@@ -329,8 +332,10 @@ class Writer:
         else:
             segments = self._merged(folder, [s for s in segments if s.live], dim, factory, generation)
         count = sum(s.live for s in segments)
-        moments_file = write_atomic(folder / f"moments.{generation}.safetensors", moments.to_bytes(), sync_dir=False)
-        size = (folder / f"moments.{generation}.safetensors").stat().st_size
+        data = moments.to_bytes()
+        moments_file = write_atomic(folder / f"moments.{generation}.safetensors", data, sync_dir=False)
+        size = len(data)
+        self._moments_cache[(modality, f"moments.{generation}.safetensors", moments_file)] = moments.copy()
         fsync_dir(folder)
         return record.model_copy(
             update={
@@ -373,10 +378,17 @@ class Writer:
             segments[start:stop] = [merged]
         return segments
 
-    @staticmethod
-    def _moments(folder: Path, record: PartitionRecord, dim: int) -> Moments:
+    def _moments(self, modality: str, folder: Path, record: PartitionRecord, dim: int) -> Moments:
+        """The partition's moments at the current generation: a copy of what this writer last wrote for it, or
+        read (and verified) from the file when another writer wrote it."""
         if record.moments is None:
             return Moments.empty(dim)
+        key = (modality, record.moments.name, record.moments.crc32)
+        cached = self._moments_cache.get(key)
+        for other in [k for k in self._moments_cache if k[0] == modality and k != key]:
+            del self._moments_cache[other]
+        if cached is not None:
+            return cached.copy()
         path = verified(folder / record.moments.name, record.moments)
         try:
             return Moments.from_bytes(path.read_bytes())
