@@ -332,9 +332,9 @@ class Writer:
         else:
             segments = self._merged(folder, [s for s in segments if s.live], dim, factory, generation)
         count = sum(s.live for s in segments)
-        data = moments.to_bytes()
-        moments_file = write_atomic(folder / f"moments.{generation}.safetensors", data, sync_dir=False)
-        size = len(data)
+        payload = moments.to_bytes()
+        moments_file = write_atomic(folder / f"moments.{generation}.safetensors", payload, sync_dir=False)
+        size = len(payload)
         self._moments_cache[(modality, f"moments.{generation}.safetensors", moments_file)] = moments.copy()
         fsync_dir(folder)
         return record.model_copy(
