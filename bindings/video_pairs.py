@@ -78,7 +78,7 @@ def harvest_video_pairs(
     if "video" not in host.modalities or "audio" not in host.modalities:
         raise SpaceError("harvesting pairs from videos needs the video and audio plugins")
     video = host.modalities.get("video")
-    track = video.extra.get("audio_track")
+    track = video.companions.get("audio")
     if track is None:
         raise SpaceError(f"the video plugin {host.modalities.entry('video').plugin!r} does not read audio tracks")
     plan: SegmentPlan | None = space.segment_plan("audio", encoder=space.load_encoder(encoder))

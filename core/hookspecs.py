@@ -30,7 +30,11 @@ def anybind_modalities(register: Any) -> None:
     ``register(modality)`` takes one :class:`anybind.Modality`: its tag (``name``), ``decode`` (one input
     -> decoded value), optional ``sniff`` (first bytes of a file -> bool), ``extensions``, and ``embeds_as``
     (the encoder tower its decoded values go through, e.g. ``"image"`` for a modality rasterised to
-    pictures; defaults to its own name).
+    pictures; defaults to its own name). A time-based modality gives ``segment(item, plan)``; ``companions``
+    maps another modality's name to a segmenter of a stream inside the same file (a video's sound track:
+    ``{"audio": audio_track}``), whose segments ``add_files(audio_tracks=True)`` stores as that modality;
+    ``signatures`` are byte prefixes (e.g. byte-order marks) that make this modality's sniffer answer first;
+    ``textual=True`` means a ``str`` input is the content itself, not a path.
     """
 
 

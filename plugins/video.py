@@ -3,7 +3,9 @@
 A video becomes one item per segment ``[j * hop, j * hop + window)`` (the last one ends at the video's end);
 a segment's parts are the RGB frames sampled at ``plan.fps`` that fall inside it. Decoding runs in a child
 process (:mod:`anybind.plugins.video_decode`), so a hostile file cannot crash, hang or bloat the indexer.
-The audio track is cut like an audio file by ``Modality.extra["audio_track"]``.
+The sound track is the modality's companion stream (:attr:`anybind.Modality.companions`): :func:`audio_track`
+cuts it like an audio file, and ``add_files(audio_tracks=True)`` stores its segments as ``audio`` items with the
+video's path and times.
 """
 
 from __future__ import annotations
@@ -252,9 +254,9 @@ def anybind_modalities(register: Any) -> None:
             sniff=sniff,
             extensions=EXTENSIONS,
             embeds_as="image",
-            description="Video files (MP4, MOV, MKV, WebM, AVI): frames sampled per time segment; audio track too",
+            description="Video files (MP4, MOV, MKV, WebM, AVI): frames sampled per time segment; sound track as audio",
             segment=segment,
             segment_defaults={"window": 2.0, "overlap": 0.0, "fps": DEFAULT_FPS},
-            extra={"audio_track": audio_track},
+            companions={"audio": audio_track},
         )
     )

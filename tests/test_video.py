@@ -181,7 +181,7 @@ def test_registered_as_a_temporal_modality_embedded_by_the_image_tower(video_hos
     modality = video_host.modalities.get("video")
     assert modality.temporal and modality.tower == "image" and modality.segment is video.segment
     assert modality.segment_defaults == {"window": 2.0, "overlap": 0.0, "fps": 1.0}
-    assert modality.extra["audio_track"] is video.audio_track
+    assert modality.companions == {"audio": video.audio_track}  # the sound track, embedded and stored as audio
     assert {".mp4", ".mov", ".mkv", ".webm", ".avi"} <= set(modality.extensions)
 
 

@@ -35,7 +35,11 @@ def index(
         int | None, typer.Option("--workers", min=1, help="Decoding threads (default: up to 4).")
     ] = None,
     audio_tracks: Annotated[
-        bool, typer.Option("--audio-tracks", help="Also index each video's sound as audio items (same file and times).")
+        bool,
+        typer.Option(
+            "--audio-tracks",
+            help="Also index companion streams (each video's sound as audio items, same file and times).",
+        ),
     ] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar on stderr.")] = False,
     json_output: JsonOption = False,

@@ -1,30 +1,37 @@
-"""``store.add_files`` / ``anybind index``: walk paths, sniff, decode in worker threads, embed, commit.
+"""``store.add_files`` / ``store.add`` / ``anybind index``: embed inputs with a space and commit them.
 
-Decoding (and hashing) runs in a thread pool a bounded distance ahead of the encoder, so the model is fed
-while the next files are read. Every file that cannot be indexed is reported with its reason and skipped;
-the rest is committed every ``commit_every`` items and at the end (each commit is one generation).
+:class:`Ingest` is one pipeline with two sources. Files (:meth:`Ingest.files`) are walked, hashed, sniffed and
+decoded in a thread pool a bounded distance ahead of the encoder, so the model is fed while the next files are
+read; files whose content is already stored are skipped. In-memory inputs (:meth:`Ingest.items`) are decoded
+in the calling thread. From there both take the same steps: values are encoded in batches, time-based inputs
+stream through their modality's ``segment`` function (video decodes in its own child process), one item per
+segment with ``start``/``end``, their parts sharing encoder batches across inputs
+(:class:`~anybind.segment_embedding.SegmentBatcher`); what embedded is staged, and committed every
+``commit_every`` items and at the end (each commit is one generation; in-memory inputs: one commit). Every
+input that cannot be indexed is reported with its reason and skipped.
 
-Audio and video files stream through their modality's ``segment`` function in the main thread (video decodes
-in its own child process), one item per segment with ``start``/``end``; their parts share encoder batches
-across files (:class:`~anybind.segment_embedding.SegmentBatcher`). A file's segments are staged only once all
-of them are embedded, so a commit never holds part of a file, and a file that fails half-way is dropped whole.
-With ``audio_tracks=True`` a video's sound is also indexed, as ``audio`` items with the video's path and times.
+A time-based input is one unit: its segments are staged only once all of them are embedded, so a commit never
+holds part of a file, and an input that fails half-way is dropped whole. With ``audio_tracks=True`` the unit
+also holds the input's companion streams (:attr:`~anybind.modality.Modality.companions`; a video's sound
+track): their segments are stored as items of the companion's modality, with the input's uri and times.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 from collections import deque
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from anybind.errors import ItemError, SpaceError
-from anybind.modality import Modality, describe_item, detect
+from anybind.modality import Modality, Segmenter, describe_item, detect
 from anybind.segment_embedding import SegmentBatcher, SegmentedItem, lazy_segments
 from anybind.segments import SegmentPlan
 from anybind.space import decode_item
@@ -42,314 +49,421 @@ if TYPE_CHECKING:
 Progress = Callable[[int, int], None]
 
 
-@dataclass
+@dataclass(eq=False)
 class Prepared:
-    path: str
-    modality: str
-    digest: str
+    """One input on its way to the encoder: a file hashed, sniffed and (unless time-based) decoded, or an
+    in-memory item.
+
+    ``label`` names it in the report and in errors (a file's path); ``tag`` is the modality its items are
+    stored as; ``source`` is what a segmenter reads. ``metadata`` is None for files (asked of the run's
+    metadata when staged); ``digest`` is None for in-memory items until staged (their file's hash, if any).
+    """
+
+    label: str
+    tag: str
+    modality: Modality
+    source: Any
+    uri: str | None = None
+    digest: str | None = None
     value: Any = None
+    text: str | None = None
+    metadata: Mapping[str, Any] | None = None
+    key: str | None = None
+    position: int = 0  # in the input sequence
+    numbered: bool = False  # rows carry their segment's number as ``part`` (the parts of a key)
     unchanged: bool = False
 
 
-def _prepare(
-    path: Path,
-    forced: Modality | None,
-    modalities: Sequence[Modality],
-    routed: set[str],
-    known: Mapping[str, str | None],
-    needs_track: Collection[str] = (),
-) -> Prepared:
-    """Hash, sniff and decode one file (runs in a worker thread). Raises ItemError naming the file.
+@dataclass(eq=False)
+class Unit:
+    """A time-based input being embedded: its own segments and its companions', staged together once every
+    stream has finished (``waiting`` counts the streams not finished yet), or not at all if one failed."""
 
-    ``needs_track``: paths indexed before without their sound track, re-indexed when tracks are asked for.
-    """
-    label = str(path)
-    try:
-        digest = file_digest(path)
-    except OSError as exc:
-        raise ItemError(label, f"cannot read: {exc.strerror or exc}") from None
-    modality = forced or detect(path, modalities)
-    if modality.name not in routed:
-        embeds = ", ".join(sorted(routed))
-        raise ItemError(label, f"is {modality.name!r}, which this store's space cannot embed (it embeds {embeds})")
-    if known.get(label) == digest and not (label in needs_track and "audio_track" in modality.extra):
-        return Prepared(label, modality.name, digest, unchanged=True)
-    if modality.temporal:  # streamed by the main thread (see module docstring)
-        return Prepared(label, modality.name, digest)
-    return Prepared(label, modality.name, digest, decode_item(modality, path, 0))
+    prepared: Prepared
+    waiting: int
+    done: list[tuple[str, SegmentedItem]] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return any(item.error is not None for _, item in self.done)
+
+
+class Stored(NamedTuple):
+    """What the store holds of a file already indexed: its content hash, item ids and their modalities."""
+
+    digest: str | None
+    ids: list[int]
+    modalities: set[str]
+
+
+@dataclass
+class Run:
+    """The state of one :meth:`Ingest.files` / :meth:`Ingest.items` call: its report, what is waiting for the
+    encoder, and what the next commit writes and replaces."""
+
+    report: IndexReport = field(default_factory=IndexReport)
+    metadata: Any = None  # files: a dict for all, or callable(path)
+    commit_every: int | None = None  # None: one commit at the end
+    companions: bool = False
+    upsert: bool = False
+    in_input_order: bool = False  # errors reported in input order (in-memory items), else as they happen
+    modalities: dict[str, Modality] = field(default_factory=dict)  # registered ones, by name
+    routed: set[str] = field(default_factory=set)  # the ones the space embeds
+    known: dict[str, Stored] = field(default_factory=dict)  # files already in the store, by path
+    pending: dict[str, list[Prepared]] = field(default_factory=dict)  # decoded values by modality, one batch each
+    streams: dict[str, tuple[SegmentPlan, SegmentBatcher]] = field(default_factory=dict)
+    staged: list[NewItem] = field(default_factory=list)
+    staged_inputs: list[tuple[str, int]] = field(default_factory=list)  # (label, items staged), in order
+    replacing: list[int] = field(default_factory=list)  # ids of stored files the next commit removes
+    replaced: set[str] = field(default_factory=set)  # files whose ids are removed (now or already)
+    error_positions: list[int] = field(default_factory=list)  # alongside report.errors
 
 
 class Ingest:
     """Embeds inputs with a space and commits them through a writer: files (``files``) and in-memory items
-    (``items``) alike."""
+    (``items``) alike, through one pipeline (see the module docstring). ``exclude``: paths never indexed (the
+    store's own directory). One call at a time; ``run`` holds the state of the latest."""
 
     def __init__(self, space: Space, writer: Writer, exclude: Sequence[str | os.PathLike[str]] = ()) -> None:
         self.space, self.writer, self.exclude = space, writer, list(exclude)
+        self.run = Run()
 
-    def files(self, paths: Sequence[str | os.PathLike[str]], **options: Any) -> IndexReport:
-        return index_files(self, paths, **options)
+    # -- the two sources -------------------------------------------------------------------------------
+
+    def files(
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        *,
+        recursive: bool = False,
+        modality: str | None = None,
+        metadata: Mapping[str, Any] | Callable[[str], Mapping[str, Any]] | None = None,
+        workers: int | None = None,
+        commit_every: int = 1024,
+        audio_tracks: bool = False,
+        progress: Progress | None = None,
+    ) -> IndexReport:
+        """Index files and folders; the report lists what was added, unchanged, replaced and what failed.
+
+        ``modality`` forces every file's modality (default: sniff each); ``metadata`` is stored with every file
+        (a dict, or callable(path) -> dict); ``workers`` decoding threads (default: up to 4); ``audio_tracks``
+        also indexes each file's companion streams (a video's sound, as ``audio`` items). Raises
+        :class:`SpaceError` when the space cannot embed the forced modality or a companion stream's modality.
+        """
+        self.run = run = Run(metadata=metadata, commit_every=commit_every, companions=audio_tracks)
+        files = self._walk(paths, recursive)
+        run.routed = set(self.space.modalities)
+        forced = self.space.route(modality)[0] if modality is not None else None  # an error for the whole run
+        run.modalities = {e.value.name: e.value for e in self.space.host.modalities.entries()}
+        if audio_tracks:
+            self._check_companions(forced)
+        workers = workers or min(4, os.cpu_count() or 1)
+        if progress:
+            progress(0, len(files))
+        with self.writer.locked():
+            self._load_known(files)
+            with contextlib.closing(self._prepare_all(files, forced, workers)) as prepared:
+                for done, outcome in enumerate(prepared, 1):
+                    if isinstance(outcome, ItemError):
+                        self._fail(outcome)
+                    else:
+                        self._take(outcome)
+                    if progress:
+                        progress(done, len(files))
+            self._drain()
+            self._commit()
+            return self._report()
 
     def items(
         self, modality: str, items: Any, *, metadata: Any = None, keys: Any = None, upsert: bool = False
     ) -> IndexReport:
-        return add_items(self, modality, items, metadata=metadata, keys=keys, upsert=upsert)
+        """Embed in-memory inputs (paths, strings, arrays, ...) of one modality and commit every one that
+        embedded, in one commit (taking the store's lock only for it). ``metadata``: a dict for all, one per
+        item, or callable(item); ``keys``: one unique string per item; ``upsert``: replace the items of keys
+        already stored (every segment of a time-based input)."""
+        seq = [items] if isinstance(items, (str, bytes, os.PathLike)) else list(items)
+        metas = metadata_list(metadata, seq)
+        key_list = check_keys(keys, len(seq))
+        mod, _ = self.space.route(modality)
+        self.run = Run(upsert=upsert, in_input_order=True)
+        for position, item in enumerate(seq):
+            prepared = self._prepare_item(mod, modality, item, position, metas[position], key_list[position])
+            if prepared is not None:
+                self._take(prepared)
+        self._drain()
+        with self.writer.locked():
+            self._commit()
+            return self._report()
 
+    # -- preparing inputs ------------------------------------------------------------------------------
 
-def index_files(
-    store: Ingest,
-    paths: Sequence[str | os.PathLike[str]],
-    *,
-    recursive: bool = False,
-    modality: str | None = None,
-    metadata: Mapping[str, Any] | Callable[[str], Mapping[str, Any]] | None = None,
-    workers: int | None = None,
-    commit_every: int = 1024,
-    audio_tracks: bool = False,
-    progress: Progress | None = None,
-) -> IndexReport:
-    space = store.space
-    report = IndexReport()
-    files: list[Path] = []
-    for entry in walk_files(paths, recursive=recursive, exclude=store.exclude):
-        if isinstance(entry, ItemError):
-            report.errors.append(entry)
-        else:
-            files.append(entry)
-    routed = set(space.modalities)
-    forced = None
-    if modality is not None:
-        forced, _ = space.route(modality)  # unknown or unroutable: an error for the whole run
-    host_modalities = [e.value for e in space.host.modalities.entries()]
-    by_name = {m.name: m for m in host_modalities}
-    streams: dict[str, tuple[SegmentPlan, SegmentBatcher]] = {}
+    def _walk(self, paths: Sequence[str | os.PathLike[str]], recursive: bool) -> list[Path]:
+        files: list[Path] = []
+        for entry in walk_files(paths, recursive=recursive, exclude=self.exclude):
+            if isinstance(entry, ItemError):
+                self._fail(entry)
+            else:
+                files.append(entry)
+        return files
 
-    def stream(name: str) -> tuple[SegmentPlan, SegmentBatcher]:
-        if name not in streams:
-            streams[name] = space.segment_batcher(name)
-        return streams[name]
-
-    if audio_tracks and "audio" not in routed:
-        embeds = ", ".join(sorted(routed))
-        raise SpaceError(f"audio_tracks: this store's space cannot embed audio (it embeds {embeds})")
-    batch_size = max(1, space.options.batch_size)
-    workers = workers or min(4, os.cpu_count() or 1)
-    if progress:
-        progress(0, len(files))
-    writer = store.writer
-    with writer.locked() as manifest:
-        known_ids: dict[str, list[int]] = {}
-        known: dict[str, str | None] = {}
-        needs_track: set[str] = set()
-        for uri, (digest, ids, kinds) in writer.db.files([str(f) for f in files], manifest.generation).items():
-            known[uri], known_ids[uri] = digest, ids
-            if audio_tracks and "audio" not in kinds:  # a video indexed without its sound (or a silent one)
-                needs_track.add(uri)
-        pending: dict[str, list[Prepared]] = {}
-        staged: list[NewItem] = []
-        staged_files: list[tuple[str, int]] = []  # (path, number of items) in staging order
-        replacing: list[int] = []
-
-        replaced_paths: set[str] = set()
-
-        def replace(path: str) -> None:
-            if path not in replaced_paths:
-                replaced_paths.add(path)
-                replacing.extend(known_ids.get(path, []))
-
-        def commit() -> None:
-            if not staged and not replacing:
-                return
-            ids = iter(writer.commit(staged, remove=replacing).ids)
-            for path, count in staged_files:
-                report.added.setdefault(path, []).extend(next(ids) for _ in range(count))
-                if path in known_ids and path not in report.replaced:
-                    report.replaced.append(path)
-            staged.clear()
-            staged_files.clear()
-            replacing.clear()
-
-        # A temporal file is one unit: its segments (and, for a video with audio_tracks, its sound's segments)
-        # are staged together once every part is embedded, or not at all if any part failed.
-        units: dict[int, tuple[Prepared, list[tuple[str, SegmentedItem]], list[int]]] = {}
-
-        def finish(name: str, finished: list[SegmentedItem]) -> None:
-            for item in finished:
-                prepared, done, waiting = units[id(item.key)]
-                done.append((name, item))
-                waiting[0] -= 1
-                if waiting[0] == 0:
-                    del units[id(item.key)]
-                    stage_unit(prepared, done)
-            if len(staged) >= commit_every:
-                commit()
-
-        def stage_unit(prepared: Prepared, done: list[tuple[str, SegmentedItem]]) -> None:
-            errors = [item.error for _, item in done if item.error is not None]
-            if errors:  # the file's old items (if any) stay as they were
-                report.errors.extend(errors)
-                return
-            meta = metadata_list(metadata, [prepared.path])[0]
-            count = 0
-            for name, item in done:
-                assert item.vectors is not None
-                for start, end, vector in zip(item.starts, item.ends, item.vectors, strict=True):
-                    staged.append(
-                        NewItem(
-                            name,
-                            vector,
-                            uri=prepared.path,
-                            start=start,
-                            end=end,
-                            metadata=meta,
-                            content_hash=prepared.digest,
-                        )
+    def _check_companions(self, forced: Modality | None) -> None:
+        """Every companion stream of the modalities this run may index is a time-based modality the space
+        embeds; else a :class:`SpaceError` naming it (before anything is read)."""
+        run = self.run
+        owners = [forced] if forced is not None else [m for m in run.modalities.values() if m.name in run.routed]
+        for owner in owners:
+            for name in owner.companions:
+                if name not in run.routed:
+                    embeds = ", ".join(sorted(run.routed))
+                    raise SpaceError(
+                        f"audio_tracks: this store's space cannot embed {name}, the companion stream of "
+                        f"{owner.name} files (it embeds {embeds}); add [modalities.{name}] to the space file "
+                        "or index without audio tracks"
                     )
-                    count += 1
-            staged_files.append((prepared.path, count))
-            replace(prepared.path)
+                if not run.modalities[name].temporal:
+                    raise SpaceError(
+                        f"modality {owner.name!r} names {name!r} as a companion stream, but {name!r} is not cut "
+                        "into time segments (a bug in the plugin that registered it)"
+                    )
 
-        def feed_temporal(prepared: Prepared) -> None:
-            modality = by_name[prepared.modality]
-            assert modality.segment is not None
-            track = modality.extra.get("audio_track") if audio_tracks else None
-            units[id(prepared)] = (prepared, [], [2 if track is not None else 1])
-            plan, batcher = stream(prepared.modality)
-            finish(
-                prepared.modality,
-                batcher.feed(prepared, prepared.path, lazy_segments(modality.segment, prepared.path, plan)),
-            )
-            unit = units.get(id(prepared))
-            if track is not None and unit is not None and any(item.error for _, item in unit[1]):
-                track = None  # the picture already failed: its sound could not be stored without it
-                unit[2][0] -= 1
-                if unit[2][0] == 0:
-                    del units[id(prepared)]
-                    stage_unit(prepared, unit[1])
-            if track is not None:  # a video without sound has no track segments: not an error
-                plan, batcher = stream("audio")
-                label = f"{prepared.path} (audio track)"
-                finish("audio", batcher.feed(prepared, label, lazy_segments(track, prepared.path, plan), optional=True))
+    def _load_known(self, files: Sequence[Path]) -> None:
+        assert self.writer.manifest is not None
+        stored = self.writer.db.files([str(f) for f in files], self.writer.manifest.generation)
+        self.run.known = {uri: Stored(*entry) for uri, entry in stored.items()}
 
-        def encode(name: str) -> None:
-            batch = pending.pop(name, [])
-            if not batch:
-                return
-            result = space.try_encode(name, [p.value for p in batch], [p.path for p in batch])
-            report.errors.extend(result.errors)
-            metas = metadata_list(metadata, [p.path for p in batch])
-            for vector, position in zip(result.vectors, result.indices, strict=True):
-                prepared = batch[position]
-                text = prepared.value if name == "text" and isinstance(prepared.value, str) else None
-                meta, digest = metas[position], prepared.digest
-                staged.append(NewItem(name, vector, uri=prepared.path, text=text, metadata=meta, content_hash=digest))
-                staged_files.append((prepared.path, 1))
-                replace(prepared.path)
-            if len(staged) >= commit_every:
-                commit()
-
-        done = 0
+    def _prepare_all(
+        self, files: Sequence[Path], forced: Modality | None, workers: int
+    ) -> Generator[Prepared | ItemError, None, None]:
+        """Each file's :class:`Prepared` (or its :class:`ItemError`) in order, from a pool of ``workers``
+        threads kept a bounded distance ahead."""
+        ahead = max(2 * self._batch_size, 4 * workers)
         window: deque[Future[Prepared]] = deque()
         queue = iter(files)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="anybind-decode") as pool:
             while True:
-                while len(window) < max(2 * batch_size, 4 * workers):
-                    path = next(queue, None)
-                    if path is None:
-                        break
-                    window.append(pool.submit(_prepare, path, forced, host_modalities, routed, known, needs_track))
+                while len(window) < ahead and (path := next(queue, None)) is not None:
+                    window.append(pool.submit(self._prepare, path, forced))
                 if not window:
-                    break
-                future = window.popleft()
+                    return
+                outcome: Prepared | ItemError
                 try:
-                    prepared = future.result()
+                    outcome = window.popleft().result()
                 except ItemError as exc:
-                    report.errors.append(exc)
+                    outcome = exc
                 except Exception as exc:  # pragma: no cover - a bug in a plugin's sniffer
-                    report.errors.append(ItemError("<file>", f"{type(exc).__name__}: {exc}"))
-                else:
-                    if prepared.unchanged:
-                        report.unchanged.append(prepared.path)
-                    elif by_name[prepared.modality].temporal:
-                        feed_temporal(prepared)
-                    else:
-                        pending.setdefault(prepared.modality, []).append(prepared)
-                        if len(pending[prepared.modality]) >= batch_size:
-                            encode(prepared.modality)
-                        if len(staged) + sum(map(len, pending.values())) >= commit_every:
-                            for name in sorted(pending):
-                                encode(name)
-                            commit()
-                done += 1
-                if progress:
-                    progress(done, len(files))
-        for name in sorted(pending):
-            encode(name)
-        for name, (_, batcher) in sorted(streams.items()):
-            finish(name, batcher.flush())
-        commit()
-        assert writer.manifest is not None
-        report.generation = writer.manifest.generation
-    return report
+                    outcome = ItemError("<file>", f"{type(exc).__name__}: {exc}")
+                yield outcome
 
+    def _prepare(self, path: Path, forced: Modality | None) -> Prepared:
+        """Hash, sniff and (unless time-based) decode one file; runs in a worker thread. Raises ItemError
+        naming the file. A file stored with this content is ``unchanged``, unless companion streams are asked
+        for and the store lacks one of them (a video indexed without its sound, or a silent one)."""
+        run = self.run
+        label = str(path)
+        try:
+            digest = file_digest(path)
+        except OSError as exc:
+            raise ItemError(label, f"cannot read: {exc.strerror or exc}") from None
+        modality = forced or detect(path, list(run.modalities.values()))
+        if modality.name not in run.routed:
+            embeds = ", ".join(sorted(run.routed))
+            raise ItemError(label, f"is {modality.name!r}, which this store's space cannot embed (it embeds {embeds})")
+        prepared = Prepared(label, modality.name, modality, label, uri=label, digest=digest)
+        stored = run.known.get(label)
+        if stored is not None and stored.digest == digest:
+            missing = run.companions and not set(modality.companions) <= stored.modalities
+            prepared.unchanged = not missing
+        if not prepared.unchanged and not modality.temporal:  # time-based files stream in the main thread
+            prepared.value = decode_item(modality, path, 0)
+            if modality.textual and isinstance(prepared.value, str):
+                prepared.text = prepared.value
+        return prepared
 
-def _embedded(
-    space: Space, modality: str, seq: Sequence[Any], report: IndexReport
-) -> Iterator[tuple[int, np.ndarray, list[tuple[float | None, float | None]]]]:
-    """(position, vectors, spans) per input that embedded; errors go to the report."""
-    mod, _ = space.route(modality)
-    if mod.temporal:
-        for item in space.try_embed_segments(modality, seq):
-            if item.error is not None:
-                report.errors.append(item.error)
-            else:
-                assert item.vectors is not None
-                yield item.key, item.vectors, list(zip(item.starts, item.ends, strict=True))
-        return
-    result = space.try_embed(modality, seq)
-    report.errors.extend(result.errors)
-    for vector, position in zip(result.vectors, result.indices, strict=True):
-        yield position, vector[None, :], [(None, None)]
+    def _prepare_item(
+        self, mod: Modality, tag: str, item: Any, position: int, meta: Mapping[str, Any], key: str | None
+    ) -> Prepared | None:
+        """An in-memory input (decoded now unless time-based), or None when it cannot be decoded (reported).
 
-
-def add_items(
-    ingest: Ingest, modality: str, items: Any, *, metadata: Any = None, keys: Any = None, upsert: bool = False
-) -> IndexReport:
-    """Embed in-memory inputs (paths, strings, arrays) and commit every one that embedded, in one commit."""
-    seq = [items] if isinstance(items, (str, bytes, os.PathLike)) else list(items)
-    metas = metadata_list(metadata, seq)
-    key_list = check_keys(keys, len(seq))
-    report = IndexReport()
-    new, labels = [], []
-    for position, vectors, spans in _embedded(ingest.space, modality, seq, report):
-        item = seq[position]
-        uri = os.path.realpath(item) if isinstance(item, os.PathLike) else None
-        if isinstance(item, str) and modality != "text":
+        A path (``os.PathLike``, or a ``str`` for a modality that is not textual) is stored as its real path."""
+        uri = None
+        if isinstance(item, os.PathLike) or (isinstance(item, str) and not mod.textual):
             uri = os.path.realpath(item)
         text = item if isinstance(item, str) and uri is None else None
-        digest = file_digest(uri) if uri and os.path.isfile(uri) else None
-        key = key_list[position]
-        for part, (vector, (start, end)) in enumerate(zip(vectors, spans, strict=True)):
-            new.append(
-                NewItem(
-                    modality,
-                    vector,
-                    uri=uri,
-                    start=start,
-                    end=end,
-                    text=text,
-                    metadata=metas[position],
-                    content_hash=digest,
-                    key=key,
-                    part=part,
-                )
-            )
-            labels.append(describe_item(item, position))
-    writer = ingest.writer
-    with writer.locked() as manifest:
-        report.generation = manifest.generation
-        if new:
-            commit = writer.commit(new, upsert=upsert)  # upsert: every segment of a replaced key goes
-            for label, item_id in zip(labels, commit.ids, strict=True):
-                report.added.setdefault(label, []).append(item_id)
-            report.generation = commit.generation
-    return report
+        label = describe_item(item, position)
+        prepared = Prepared(
+            label, tag, mod, item, uri=uri, text=text, metadata=meta, key=key, position=position, numbered=True
+        )
+        if not mod.temporal:
+            try:
+                prepared.value = decode_item(mod, item, position)
+            except ItemError as exc:
+                self._fail(exc, prepared)
+                return None
+        return prepared
+
+    # -- embedding -------------------------------------------------------------------------------------
+
+    @property
+    def _batch_size(self) -> int:
+        return max(1, self.space.options.batch_size)
+
+    def _take(self, prepared: Prepared) -> None:
+        if prepared.unchanged:
+            self.run.report.unchanged.append(prepared.label)
+        elif prepared.modality.temporal:
+            self._stream(prepared)
+        else:
+            self._queue(prepared)
+
+    def _queue(self, prepared: Prepared) -> None:
+        """Add a decoded value to its modality's batch; encode a full batch; commit when enough is waiting."""
+        run = self.run
+        batch = run.pending.setdefault(prepared.tag, [])
+        batch.append(prepared)
+        if len(batch) >= self._batch_size:
+            self._encode(prepared.tag)
+        if run.commit_every is not None and len(run.staged) + sum(map(len, run.pending.values())) >= run.commit_every:
+            for name in sorted(run.pending):
+                self._encode(name)
+            self._commit()
+
+    def _encode(self, tag: str) -> None:
+        """Encode the batch waiting for ``tag`` and stage what embedded."""
+        batch = self.run.pending.pop(tag, [])
+        if not batch:
+            return
+        result = self.space.try_encode(tag, [p.value for p in batch], [p.label for p in batch])
+        for error, position in zip(result.errors, result.failed, strict=True):
+            self._fail(error, batch[position])
+        metas = self._metadata(batch)
+        for vector, position in zip(result.vectors, result.indices, strict=True):
+            prepared = batch[position]
+            self._stage(prepared, [self._row(prepared, tag, vector, metas[position])])
+        self._commit_due()
+
+    def _stream(self, prepared: Prepared) -> None:
+        """Feed a time-based input's segments, then (if asked for) its companion streams', to their batchers."""
+        modality = prepared.modality
+        assert modality.segment is not None
+        companions = list(modality.companions.items()) if self.run.companions else []
+        unit = Unit(prepared, waiting=1 + len(companions))
+        self._feed(unit, prepared.tag, prepared.label, modality.segment)
+        for n, (name, segment) in enumerate(companions):
+            if unit.failed:  # the input already failed: its companions could not be stored without it
+                unit.waiting -= len(companions) - n
+                if unit.waiting == 0:
+                    self._stage_unit(unit)
+                return
+            self._feed(unit, name, f"{prepared.label} ({name} track)", segment, optional=True)
+
+    def _feed(self, unit: Unit, tag: str, label: str, segment: Segmenter, optional: bool = False) -> None:
+        """One stream of ``unit`` through ``tag``'s batcher. ``optional``: a stream without segments (a video
+        without sound) is not an error."""
+        if tag not in self.run.streams:
+            self.run.streams[tag] = self.space.segment_batcher(tag)
+        plan, batcher = self.run.streams[tag]
+        segments = lazy_segments(segment, unit.prepared.source, plan)
+        self._finish(tag, batcher.feed(unit, label, segments, optional=optional))
+
+    def _finish(self, tag: str, finished: list[SegmentedItem]) -> None:
+        """Streams that finished: a unit whose every stream finished is staged (or its errors reported)."""
+        for item in finished:
+            unit: Unit = item.key
+            unit.done.append((tag, item))
+            unit.waiting -= 1
+            if unit.waiting == 0:
+                self._stage_unit(unit)
+        self._commit_due()
+
+    def _drain(self) -> None:
+        """Encode every batch still waiting, and what the segment batchers hold."""
+        for tag in sorted(self.run.pending):
+            self._encode(tag)
+        for tag, (_, batcher) in sorted(self.run.streams.items()):
+            self._finish(tag, batcher.flush())
+
+    # -- staging and committing ------------------------------------------------------------------------
+
+    def _metadata(self, batch: Sequence[Prepared]) -> list[Mapping[str, Any]]:
+        if all(p.metadata is not None for p in batch):
+            return [p.metadata for p in batch]  # type: ignore[misc]
+        return metadata_list(self.run.metadata, [p.label for p in batch])
+
+    def _row(
+        self,
+        prepared: Prepared,
+        tag: str,
+        vector: np.ndarray,
+        meta: Mapping[str, Any],
+        start: float | None = None,
+        end: float | None = None,
+        part: int = 0,
+    ) -> NewItem:
+        if prepared.digest is None and prepared.uri is not None and os.path.isfile(prepared.uri):
+            prepared.digest = file_digest(prepared.uri)
+        return NewItem(
+            tag,
+            vector,
+            uri=prepared.uri,
+            start=start,
+            end=end,
+            text=prepared.text,
+            metadata=meta,
+            content_hash=prepared.digest,
+            key=prepared.key,
+            part=part if prepared.numbered else 0,
+        )
+
+    def _stage_unit(self, unit: Unit) -> None:
+        """Stage every segment of a finished unit, or report its errors (a stored file's old items stay)."""
+        errors = [item.error for _, item in unit.done if item.error is not None]
+        for error in errors:
+            self._fail(error, unit.prepared)
+        if errors:
+            return
+        prepared = unit.prepared
+        (meta,) = self._metadata([prepared])
+        rows = []
+        for tag, item in unit.done:
+            assert item.vectors is not None
+            spans = zip(item.starts, item.ends, item.vectors, strict=True)
+            rows += [self._row(prepared, tag, v, meta, start, end, part) for part, (start, end, v) in enumerate(spans)]
+        self._stage(prepared, rows)
+
+    def _stage(self, prepared: Prepared, rows: list[NewItem]) -> None:
+        """Stage an input's rows for the next commit, which also removes the items of its stored version."""
+        run = self.run
+        run.staged += rows
+        run.staged_inputs.append((prepared.label, len(rows)))
+        if prepared.label not in run.replaced:
+            run.replaced.add(prepared.label)
+            run.replacing += run.known[prepared.label].ids if prepared.label in run.known else []
+
+    def _commit_due(self) -> None:
+        if self.run.commit_every is not None and len(self.run.staged) >= self.run.commit_every:
+            self._commit()
+
+    def _commit(self) -> None:
+        """Commit what is staged (one generation) and record the new ids in the report. Under the lock."""
+        run = self.run
+        if not run.staged and not run.replacing:
+            return
+        ids = iter(self.writer.commit(run.staged, remove=run.replacing, upsert=run.upsert).ids)
+        for label, count in run.staged_inputs:
+            run.report.added.setdefault(label, []).extend(itertools.islice(ids, count))
+            if label in run.known and label not in run.report.replaced:
+                run.report.replaced.append(label)
+        run.staged, run.staged_inputs, run.replacing = [], [], []
+
+    def _fail(self, error: ItemError, prepared: Prepared | None = None) -> None:
+        self.run.report.errors.append(error)
+        self.run.error_positions.append(prepared.position if prepared is not None else -1)
+
+    def _report(self) -> IndexReport:
+        """The run's report, at the writer's generation. Under the lock."""
+        run = self.run
+        assert self.writer.manifest is not None
+        run.report.generation = self.writer.manifest.generation
+        if run.in_input_order:
+            order = sorted(range(len(run.report.errors)), key=run.error_positions.__getitem__)
+            run.report.errors = [run.report.errors[i] for i in order]
+        return run.report
