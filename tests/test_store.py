@@ -588,6 +588,10 @@ def test_files_on_disk_follow_the_generation(store):
         "manifest.json",
         "segments",
     ]
+    store.close()  # a writer that is done deletes what only the generation before named
+    assert {f"image/{p.name}" for p in folder.iterdir()} == read_manifest(store.path).file_names()
+    reopened = anybind.Store.open(store.path)
+    assert sorted(reopened.search(vector=unit_vectors(1, seed=2)[0], k=10).ids()) == [2, 3, 4, 5, 6]
 
 
 # -- 9. boundaries and errors ----------------------------------------------------------------------------
@@ -945,3 +949,13 @@ def test_vector_search_does_not_load_the_space(tmp_path, clip_space, monkeypatch
     assert len(reopened.search(vector=unit_vectors(1, seed=2)[0], to="image,text", k=3)) == 3
     with pytest.raises(anybind.UnknownNameError, match="'smell'"):
         reopened.search(vector=unit_vectors(1, seed=2)[0], to="smell")
+
+
+def test_optimize_to_flat_merges_the_partition_into_one_exact_segment(store):
+    for seed in range(3):
+        store.add_vectors("image", unit_vectors(4, seed=seed))
+    assert len(store.partition("image").segments) == 3
+    report = store.optimize(index="Flat")["image"]
+    assert report == {"action": "rebuilt", "index": "Flat", "count": 12, "segments": 1}
+    assert len(store.partition("image").segments) == 1
+    assert store.partition("image").exact

@@ -21,7 +21,7 @@ import numpy as np
 from anybind.errors import EmbeddingError, MetadataError, QueryError, UnknownNameError
 
 from .hits import Hit, PartitionScores, SearchResult
-from .snapshot import Snapshot
+from .snapshot import Snapshot, StaleSnapshot
 
 Embed = Callable[[str, Any], np.ndarray]  # (modality, item) -> unit vector in the anchor space
 
@@ -158,52 +158,59 @@ def run_search(
         rerank = positive(rerank, "rerank")
     check_where(where)
     names = targets(snap, to, known)
-    with snap.reading():
-        found: list[tuple[float, float, int, str]] = []
-        partitions: dict[str, PartitionScores] = {}
-        for name in names:
-            scores, ids, stats = search_partition(snap, name, q, k, where, rerank, rollup)
-            partitions[name] = stats
-            for score, item_id in zip(scores.tolist(), ids.tolist(), strict=True):
-                found.append(((score - stats.mean) / stats.std, score, item_id, name))
-        found.sort(key=lambda hit: (-hit[0], hit[2]))
-        if not rollup:
-            found = found[:k]
-        rows = snap.db.rows([item_id for _, _, item_id, _ in found[: 4 * k]], snap.generation)
-        hits: list[Hit] = []
-        files: set[str] = set()
-        for calibrated, score, item_id, name in found:
+    # No read transaction: every query filters by the snapshot's generation, and the only change a writer makes
+    # to rows a generation can see is purging them once it is two generations behind, which a missing row
+    # reveals (StaleSnapshot, and the store searches again). It saves three SQLite statements per search.
+    found: list[tuple[float, float, int, str]] = []
+    partitions: dict[str, PartitionScores] = {}
+    for name in names:
+        scores, ids, stats = search_partition(snap, name, q, k, where, rerank, rollup)
+        partitions[name] = stats
+        for score, item_id in zip(scores.tolist(), ids.tolist(), strict=True):
+            found.append(((score - stats.mean) / stats.std, score, item_id, name))
+    found.sort(key=lambda hit: (-hit[0], hit[2]))
+    if not rollup:
+        found = found[:k]
+    rows = snap.db.rows([item_id for _, _, item_id, _ in found[: 4 * k]], snap.generation)
+    hits: list[Hit] = []
+    files: set[str] = set()
+    for calibrated, score, item_id, name in found:
+        row = rows.get(item_id)
+        if row is None:
+            rows.update(snap.db.rows([item_id], snap.generation))
             row = rows.get(item_id)
-            if row is None:
-                rows.update(snap.db.rows([item_id], snap.generation))
-                row = rows.get(item_id)
-            if row is None:
-                raise _missing_row(snap, item_id, name)
-            if rollup and row.uri is not None and row.start is not None and snap.temporal(name):
-                if row.uri in files:  # a video's sound and its picture: the file once, by its best segment
-                    continue
-                files.add(row.uri)
-            hits.append(
-                Hit(
-                    item_id,
-                    name,
-                    float(score),
-                    float(calibrated),
-                    row.uri,
-                    row.start,
-                    row.end,
-                    row.text,
-                    row.metadata,
-                    row.key,
-                )
+        if row is None:
+            raise _missing_row(snap, item_id, name)
+        if rollup and row.uri is not None and row.start is not None and snap.temporal(name):
+            if row.uri in files:  # a video's sound and its picture: the file once, by its best segment
+                continue
+            files.add(row.uri)
+        hits.append(
+            Hit(
+                item_id,
+                name,
+                float(score),
+                float(calibrated),
+                row.uri,
+                row.start,
+                row.end,
+                row.text,
+                row.metadata,
+                row.key,
             )
-            if len(hits) == k:
-                break
+        )
+        if len(hits) == k:
+            break
+    if where and snap.db.purged_below() > snap.generation + 1:  # the filter may have missed purged rows
+        raise StaleSnapshot(f"rows of generation {snap.generation} purged")
     return SearchResult(hits, partitions)
 
 
 def _missing_row(snap: Snapshot, item_id: int, name: str) -> Exception:
     from anybind.errors import StoreError
+
+    if snap.db.purged_below() > snap.generation + 1:  # a writer moved on and purged rows of this generation
+        return StaleSnapshot(f"rows of generation {snap.generation} purged")
 
     return StoreError(
         f"{snap.db.path}: item {item_id} of partition {name!r} is in the segments but has no metadata row at "

@@ -141,6 +141,9 @@ def optimize(
             part = snapshot().partition(name)
             assert part is not None
             if part.exact:
+                if factory == EXACT:  # optimize(index="Flat"): merged into one exact segment, nothing to tune
+                    report[name] = {"action": action, "index": EXACT, "count": count, "segments": len(part.segments)}
+                    continue
                 reason = f"{factory} needs {min_train(factory, dim)} vectors to train"
                 report[name] = {"action": "kept", "index": EXACT, "count": count, "reason": reason}
                 continue

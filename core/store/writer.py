@@ -107,9 +107,29 @@ class Writer:
         return self._db
 
     def close(self) -> None:
+        """Close the metadata; a writer that committed also deletes the files only the previous generation named
+        (if no other writer holds the lock), so a finished ingest leaves one generation on disk. A reader still
+        on that generation finds a file gone and searches the current one instead."""
+        if self.manifest is not None and not self._depth:
+            with contextlib.suppress(StoreError, OSError):
+                if self._try_acquire():
+                    try:
+                        self.collect_garbage(read_manifest(self.root))
+                    finally:
+                        self._release()
         if self._db is not None:
             self._db.close()
             self._db = None
+
+    def _try_acquire(self) -> bool:
+        fd = os.open(self.root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
 
     # -- locking and recovery ------------------------------------------------------------------------
 
