@@ -45,26 +45,16 @@ def write_atomic(path: Path, data: bytes | memoryview, *, sync_dir: bool = True)
     Returns the CRC-32 of ``data`` as 8 hex digits. ``sync_dir=False`` leaves the directory fsync to the caller
     (who writes several files and syncs once).
     """
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    _, crc = write_new(path, [data])
     if sync_dir:
         fsync_dir(path.parent)
-    return f"{zlib.crc32(data) & 0xFFFFFFFF:08x}"
+    return crc
 
 
 def write_new(path: Path, chunks: Iterable[bytes | memoryview]) -> tuple[int, str]:
-    """Write a new immutable file from ``chunks`` (temp name, fsync, rename; no directory fsync).
+    """Write ``path`` from ``chunks``: temp name, fsync, rename over any old file (no directory fsync).
 
-    Returns (bytes, CRC-32). The file did not exist before; a crash leaves at most a temp file.
+    Returns (bytes, CRC-32). A crash leaves the old file or the new one, and at most a temp file beside it.
     """
     tmp = _tmp_name(path)
     crc, size = 0, 0
