@@ -1,289 +1,456 @@
-"""Crash safety of ``Store.add_files``: writers are SIGKILLed at random moments and at chosen steps of a commit.
+"""Crash safety of the store's commits: writer processes are SIGKILLed at random moments and at chosen steps of
+a commit, and the store is read back from disk after every kill.
 
-Loading torch and the model takes seconds, so the writers are forked from one preloaded process (the
-"zygote", which never opens a store): each writer is a separate process that opens the store, indexes the
-media folder and is killed (by the zygote after a delay, or by itself at a kill point) without any cleanup.
-After every writer the store is read back from disk and checked; at the end a plain re-run must finish the set.
+The writer is a separate ``python -c`` process that opens the store without a space (``add_vectors`` needs
+none, so it starts in well under a second) and works through a list of operations: ``add`` a batch of 50-500
+keyed vectors, later ``upsert`` the same keys with a new version. Every vector is derived from (seed, batch,
+version, row), so the parent recomputes what each item must hold. After each add returns, the child appends the
+ids it got to an acknowledgement file (``os.write``: the line is in the kernel before the next commit starts, so
+a SIGKILL cannot lose it). A restarted child resumes where the store is: a batch already at the operation's
+version is skipped (and acknowledged with the ids found).
+
+After each kill the parent checks, against its own model: every acknowledged batch holds exactly its
+acknowledged ids and version; the one operation that was in flight left either the old or the new version of its
+batch, never a mix or neither; nothing else is stored (no phantom, no duplicate key); every stored vector is the
+generated one (finite, unit length) and its own exact top-1; per-partition counts (``Store.info``) equal the
+visible rows; ``Store.check`` finds no problem.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
-import os
 import random
-import select
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections import defaultdict
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pytest
-from conftest import make_image
 
 import anybind
-from anybind.store.store import file_digest
+from anybind.store.files import is_temp
+from anybind.store.manifest import read_manifest
 
-ZYGOTE = textwrap.dedent(
+DIM = 16  # the tiny CLIP's dimension
+MODALITIES = ("image", "text")
+
+
+# -- the data, shared with the child (its source is pasted into the child's script) -----------------------
+
+
+def batch_vectors(seed: int, batch: int, version: int, n: int) -> np.ndarray:
+    """The ``n`` unit vectors (float32) of one batch at one version."""
+    x = np.random.default_rng([seed, batch, version]).standard_normal((n, 16))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def batch_keys(modality: str, batch: int, n: int) -> list[str]:
+    return [f"{modality}:{batch}:{row}" for row in range(n)]
+
+
+def make_plan(seed: int, batches: int) -> list[dict]:
+    """Per batch: its modality and size (50-500 items)."""
+    rng = np.random.default_rng(seed)
+    return [{"modality": MODALITIES[int(rng.integers(2))], "n": int(rng.integers(50, 501))} for _ in range(batches)]
+
+
+def make_ops(batches: int, rounds: int) -> list[list]:
+    """Every batch added (version 0), then ``rounds`` rounds upserting every batch (versions 1, 2, ...)."""
+    ops = [["add", b, 0] for b in range(batches)]
+    ops += [["upsert", b, v] for v in range(1, rounds + 1) for b in range(batches)]
+    return ops
+
+
+CHILD_HEAD = textwrap.dedent(
     """
-    import json, os, select, signal, sys, time, traceback
-    import anybind, torch
-    import anybind.store.partition as partition, anybind.store.store as store
-    from anybind.store.metadata import MetaDB
+    import json, os, signal, sys
+    import numpy as np
+    import anybind
+    import anybind.store.metadata as metadata
+    import anybind.store.segment as segment
+    import anybind.store.writer as writer
 
-    SPACE = anybind.load_space(sys.argv[1], device="cpu", batch_size=4)
-    MANIFEST = lambda *args: os.path.basename(args[1]) == "manifest.json"
-    POINTS = {  # name: (owner, attribute, kill before or after the call, only for calls where ...)
-        "insert": (MetaDB, "insert", "after", None),  # rows inserted, SQLite transaction still open
-        "staged": (partition.Partition, "save", "before", None),  # rows committed, no partition file yet
-        "index_file": (partition, "write_atomic", "after", None),  # .faiss written, its moments not
-        "saved": (partition.Partition, "save", "after", None),  # one partition of the commit written
-        "manifest": (store, "write_manifest", "before", None),  # every partition written, no manifest
-        "rename": (os, "replace", "before", MANIFEST),  # manifest temp file written, not renamed
-        "renamed": (os, "replace", "after", MANIFEST),  # manifest renamed, old files not collected
+    def _is_manifest(args):
+        return os.path.basename(str(args[1])) == "manifest.json"
+
+    POINTS = {  # name: (owner, attribute, kill before or after the call, only calls where ...)
+        "insert": (metadata.MetaDB, "insert", "after", None),  # rows staged, SQLite transaction open
+        "segment": (segment, "write_new", "after", None),  # a segment file renamed in, no manifest
+        "moments": (writer, "write_atomic", "after", None),  # a partition's moments written, no manifest
+        "manifest_tmp": (os, "replace", "before", _is_manifest),  # new manifest written to its temp name
+        "renamed": (os, "replace", "after", _is_manifest),  # committed; not acknowledged, not collected
     }
 
     def arm(point, nth):
         owner, name, when, only = POINTS[point]
         real, seen = getattr(owner, name), [0]
+
         def reach():
             seen[0] += 1
             if seen[0] == nth:
                 os.kill(os.getpid(), signal.SIGKILL)
+
         def wrapper(*args, **kwargs):
-            hit = only is None or only(*args)
+            hit = only is None or only(args)
             if hit and when == "before":
                 reach()
             result = real(*args, **kwargs)
             if hit and when == "after":
                 reach()
             return result
+
         setattr(owner, name, wrapper)
-
-    def child(cmd, ready):
-        torch.set_num_threads(1)
-        if cmd["point"]:
-            arm(cmd["point"], cmd["nth"])
-        db = anybind.Store.open(cmd["db"], space=SPACE, device="cpu")
-        os.write(ready, b"r")
-        report = db.add_files([cmd["media"]], commit_every=3)
-        with open(cmd["report"], "w") as handle:
-            json.dump(report.to_dict(), handle)
-
-    print("up", flush=True)
-    for line in sys.stdin:
-        cmd = json.loads(line)
-        ready, ready_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            code = 0
-            try:
-                os.close(ready)
-                child(cmd, ready_w)
-            except BaseException:
-                traceback.print_exc()
-                code = 1
-            sys.stderr.flush()
-            os._exit(code)
-        os.close(ready_w)
-        os.read(ready, 1)  # the writer holds an open store (or died before)
-        os.close(ready)
-        start = time.monotonic()
-        if cmd["after"] is not None:
-            pidfd = os.pidfd_open(pid)
-            if not select.select([pidfd], [], [], cmd["after"])[0]:
-                os.kill(pid, signal.SIGKILL)  # not reaped yet, so the pid is still this writer's
-            os.close(pidfd)
-        status = os.waitpid(pid, 0)[1]
-        print(json.dumps({"signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
-                          "code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
-                          "seconds": time.monotonic() - start}), flush=True)
+    """
+)
+CHILD_WORK = textwrap.dedent(
+    """
+    cmd = json.loads(sys.argv[1])
+    store = anybind.Store.open(cmd["db"], device="cpu", lock_timeout=60)
+    ack = os.open(cmd["ack"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    for index in range(cmd["start"], cmd["stop"]):
+        kind, b, v = cmd["ops"][index]
+        modality, n = cmd["plan"][b]["modality"], cmd["plan"][b]["n"]
+        keys = batch_keys(modality, b, n)
+        if cmd["kill"] and cmd["kill"]["op"] == index:
+            arm(cmd["kill"]["point"], cmd["kill"]["nth"])
+        rows = sorted(store.get(keys=keys), key=lambda r: int(r.key.rsplit(":", 1)[1]))
+        versions = sorted({r.metadata["v"] for r in rows})
+        meta = {"b": b, "v": v}
+        if len(rows) == n and versions == [v]:
+            ids, how = [r.id for r in rows], "found"
+        elif kind == "add" and not rows:
+            vectors = batch_vectors(cmd["seed"], b, v, n)
+            ids, how = store.add_vectors(modality, vectors, keys=keys, metadata=meta), kind
+        elif kind == "upsert" and len(rows) == n and versions == [v - 1]:
+            vectors = batch_vectors(cmd["seed"], b, v, n)
+            ids, how = store.upsert_vectors(modality, vectors, keys=keys, metadata=meta), kind
+        else:
+            print(f"op {index} {kind} b={b} v={v}: found {len(rows)} rows, versions {versions}", file=sys.stderr)
+            sys.exit(3)
+        os.write(ack, (json.dumps({"op": index, "b": b, "v": v, "ids": ids, "how": how}) + "\\n").encode())
     """
 )
 
 
-class Writers:
-    """The zygote process: ``run`` forks one writer over ``media`` into ``db`` and says how it ended."""
-
-    def __init__(self, model: Path, log: Path) -> None:
-        self.log, self.log_file = log, log.open("w")
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-        env.pop("ANYBIND_LOAD_PLUGINS", None)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", ZYGOTE, f"clip:{model}"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.log_file,
-            text=True,
-            env=env,
-        )
-        assert self._reply() == "up"
-
-    def _reply(self, timeout: float = 180.0) -> str:
-        if not select.select([self.proc.stdout], [], [], timeout)[0]:
-            pytest.fail(f"writer process is stuck; its log:\n{self.log.read_text()[-3000:]}")
-        line = self.proc.stdout.readline()
-        assert line, f"writer process died; its log:\n{self.log.read_text()[-3000:]}"
-        return line.strip()
-
-    def run(self, db: Path, media: Path, *, after: float | None = None, point: str | None = None, nth: int = 1):
-        """Index ``media`` into ``db``; SIGKILL the writer ``after`` seconds or at the ``nth`` ``point``.
-
-        Returns ``killed``, ``seconds`` (from opening the store to the end) and ``report`` (the writer's
-        IndexReport as a dict, when it finished).
-        """
-        report = db.parent / "report.json"
-        report.unlink(missing_ok=True)
-        cmd = {"db": str(db), "media": str(media), "after": after, "point": point, "nth": nth, "report": str(report)}
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-        end = json.loads(self._reply())
-        assert end["code"] in (0, None), f"writer failed; its log:\n{self.log.read_text()[-3000:]}"
-        assert end["signal"] in (None, signal.SIGKILL), f"writer crashed; its log:\n{self.log.read_text()[-3000:]}"
-        end["killed"] = end["signal"] is not None
-        end["report"] = None if end["killed"] else json.loads(report.read_text())
-        return end
-
-    def close(self) -> None:
-        self.proc.stdin.close()  # the zygote's loop ends
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc.stdout.close()
-        self.log_file.close()
+def child_script() -> str:
+    """The writer child: imports and kill points, this module's data helpers, then the work."""
+    return CHILD_HEAD + inspect.getsource(batch_vectors) + inspect.getsource(batch_keys) + CHILD_WORK
 
 
-@pytest.fixture(scope="module")
-def writers(tiny_clip_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    zygote = Writers(tiny_clip_dir, tmp_path_factory.mktemp("writers") / "writers.log")
-    yield zygote
-    zygote.close()
+# -- running children ----------------------------------------------------------------------------------
 
 
-def visible(db: Path, g: int, columns: str) -> list[tuple]:
-    """Rows of the items table visible at generation ``g``, read with plain sqlite3."""
-    with contextlib.closing(sqlite3.connect(db / "metadata.sqlite")) as conn:
-        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        query = f"SELECT {columns} FROM items WHERE added_gen <= ? AND (removed_gen IS NULL OR removed_gen > ?)"
-        return conn.execute(query, (g, g)).fetchall()
+class Campaign:
+    """One store, its plan of operations, and what the children acknowledged."""
+
+    def __init__(self, root: Path, seed: int, batches: int, rounds: int) -> None:
+        self.db = root / "db"
+        self.ack = root / "ack.jsonl"
+        self.seed = seed
+        self.plan = make_plan(seed, batches)
+        self.ops = make_ops(batches, rounds)
+        self.acked: dict[int, tuple[int, list[int]]] = {}  # batch -> (version, ids) last acknowledged
+        self.next_op = 0
+        self.read_acks = 0
+        self.script = child_script()
+        self.log = root / "child.log"
+
+    @property
+    def first_upsert(self) -> int:
+        return next(i for i, op in enumerate(self.ops) if op[0] == "upsert")
+
+    def start(self, stop: int | None = None, kill: dict | None = None) -> subprocess.Popen:
+        cmd = {
+            "db": str(self.db),
+            "ack": str(self.ack),
+            "seed": self.seed,
+            "plan": self.plan,
+            "ops": self.ops,
+            "start": self.next_op,
+            "stop": len(self.ops) if stop is None else stop,
+            "kill": kill,
+        }
+        with open(self.log, "ab") as log:
+            return subprocess.Popen([sys.executable, "-c", self.script, json.dumps(cmd)], stderr=log)
+
+    def collect(self) -> None:
+        """Read the acknowledgements the last child wrote."""
+        lines = self.ack.read_text().splitlines() if self.ack.exists() else []
+        for line in lines[self.read_acks :]:
+            entry = json.loads(line)
+            assert entry["op"] == self.next_op, f"acknowledged op {entry['op']}, expected {self.next_op}"
+            assert len(entry["ids"]) == self.plan[entry["b"]]["n"]
+            self.acked[entry["b"]] = (entry["v"], entry["ids"])
+            self.next_op += 1
+        self.read_acks = len(lines)
+
+    def finished(self, child: subprocess.Popen) -> int:
+        code = child.wait(timeout=120)
+        if code not in (0, -signal.SIGKILL):
+            pytest.fail(f"writer exited with {code}: {self.log.read_text()[-3000:]}")
+        self.collect()
+        return code
+
+    def in_flight(self) -> list | None:
+        return self.ops[self.next_op] if self.next_op < len(self.ops) else None
 
 
-def check_store(db: Path, media: Path, last_generation: int) -> dict:
-    """Check what a reader sees in ``db`` and return its manifest. Reads only: takes no write lock, so a killed
-    writer's staged rows are still in the database (they must be invisible)."""
-    manifest = json.loads((db / "manifest.json").read_text())
-    g = manifest["generation"]
-    assert g >= last_generation, f"generation went back from {last_generation} to {g}"
-    rows = visible(db, g, "id, modality, uri, vector")
-    assert all(item_id < manifest["next_id"] for item_id, *_ in rows), "a visible id was never handed out"
-    uris = [uri for _, _, uri, _ in rows]
-    assert len(uris) == len(set(uris)), "a file is indexed twice"
-    assert all(Path(uri).parent == media and Path(uri).exists() for uri in uris), "a phantom file"
-    vectors: dict[str, dict[int, np.ndarray]] = {}
-    for item_id, modality, _, blob in rows:
-        vectors.setdefault(modality, {})[item_id] = np.frombuffer(blob, dtype=np.float32)
-    assert set(vectors) <= set(manifest["partitions"]), "visible rows without a partition"
-    for modality, record in manifest["partitions"].items():
-        index = faiss.read_index(str(db / "partitions" / record["file"]))
-        assert (db / "partitions" / record["stats"]).exists()
-        ids, rows_here = faiss.vector_to_array(index.id_map).tolist(), vectors.get(modality, {})
-        assert len(ids) == len(set(ids)), f"duplicate ids in the {modality} partition"
-        assert index.ntotal == record["count"] == len(rows_here), f"{modality}: partition and metadata counts differ"
-        assert set(ids) == set(rows_here), f"{modality}: the partition's ids are not the visible rows"
-        if ids:  # same ids, same vectors (an id handed out again after a crash must not keep the old vector)
-            expected = np.stack([rows_here[i] for i in ids])
-            np.testing.assert_allclose(index.index.reconstruct_n(0, index.ntotal), expected, atol=1e-6)
-    with anybind.Store.open(db) as store:  # the public API: the same generation, and every hit resolves to a row
-        assert store.generation == g and len(store) == len(rows)
-        if rows:
-            query = np.random.default_rng(g).standard_normal(store.dim)
-            assert {hit.id for hit in store.search(vector=query, k=len(rows))} == {row[0] for row in rows}
-    return manifest
+def visible_count(db: Path) -> int:
+    """Visible rows at the manifest's generation, counted by the test's own read-only SQLite connection."""
+    g = read_manifest(db).generation
+    uri = f"file:{db / 'items.sqlite'}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+        query = "SELECT COUNT(*) FROM items WHERE added_gen <= ? AND (removed_gen IS NULL OR removed_gen > ?)"
+        return conn.execute(query, (g, g)).fetchone()[0]
 
 
-def check_complete(db: Path, media: Path) -> dict:
-    """After an uninterrupted run: every file of ``media`` is indexed once, with its current content."""
-    manifest = check_store(db, media, 0)
-    g = manifest["generation"]
-    assert dict(visible(db, g, "uri, content_hash")) == {str(path): file_digest(path) for path in media.iterdir()}
-    with contextlib.closing(sqlite3.connect(db / "metadata.sqlite")) as conn:
-        staged = conn.execute("SELECT COUNT(*) FROM items WHERE added_gen > ? OR removed_gen > ?", (g, g))
-        assert staged.fetchone() == (0,), "a killed writer's staged changes were kept"
-    live = {name for record in manifest["partitions"].values() for name in (record["file"], record["stats"])}
-    assert {entry.name for entry in (db / "partitions").iterdir()} == live, "garbage left after a clean run"
-    return manifest
+def verify(c: Campaign, expect: str | None = None, rng: random.Random | None = None, probes: int = 40) -> str | None:
+    """Check the store on disk against the campaign's model. Returns what the in-flight operation left ("old" or
+    "new"); ``expect`` asserts it."""
+    rng = rng or random.Random(0)
+    flight = c.in_flight()
+    with anybind.Store.open(c.db, device="cpu") as store:
+        manifest = read_manifest(c.db)
+        rows = store.get(range(1, manifest.next_id))
+        keys = [r.key for r in rows]
+        assert None not in keys, "an item without a key: none was ever added"
+        assert len(set(keys)) == len(keys), "a key is stored twice"
+        by_batch: dict[int, list] = defaultdict(list)
+        for r in rows:
+            modality, b, row = r.key.split(":")
+            b, row = int(b), int(row)
+            assert b < len(c.plan) and row < c.plan[b]["n"], f"phantom item {r.key}"
+            assert r.modality == modality == c.plan[b]["modality"]
+            assert r.metadata["b"] == b
+            by_batch[b].append(r)
+        outcome = None
+        for b, entry in enumerate(c.plan):
+            got = sorted(by_batch.get(b, []), key=lambda r: int(r.key.rsplit(":", 1)[1]))
+            versions = {r.metadata["v"] for r in got}
+            assert len(versions) <= 1, f"batch {b} holds versions {sorted(versions)} at once"
+            assert not got or len(got) == entry["n"], f"batch {b} holds {len(got)} of its {entry['n']} items"
+            actual = (versions.pop(), [r.id for r in got]) if got else None
+            old = c.acked.get(b)
+            if actual == old:
+                state = "old"
+            elif (
+                flight is not None
+                and flight[1] == b
+                and actual is not None
+                and actual[0] == flight[2]
+                and (old is None or not set(actual[1]) & set(old[1]))
+            ):
+                state = "new"
+            else:
+                shown = [(v, ids[:3]) if ids else None for v, ids in (actual or (None, None), old or (None, None))]
+                pytest.fail(f"batch {b}: stored (version, first ids) {shown[0]}, acknowledged {shown[1]}")
+            if flight is not None and flight[1] == b:
+                outcome = state
+        if expect is not None:
+            assert outcome == expect, f"the killed {flight} left the {outcome} version, expected the {expect}"
+
+        assert len(store) == len(rows) == visible_count(c.db)
+        info = store.info()
+        for modality in MODALITIES:
+            count = sum(r.modality == modality for r in rows)
+            assert info["partitions"].get(modality, {"count": 0})["count"] == count
+        assert info["items"] == len(rows)
+        if not rows:
+            return outcome
+
+        ids = [r.id for r in rows]
+        expected = np.empty((len(rows), DIM), np.float32)
+        position = {item_id: n for n, item_id in enumerate(ids)}
+        for b, got in by_batch.items():
+            vectors = batch_vectors(c.seed, b, got[0].metadata["v"], c.plan[b]["n"])
+            for r in got:
+                expected[position[r.id]] = vectors[int(r.key.rsplit(":", 1)[1])]
+        stored = store.vectors(ids)
+        assert np.isfinite(stored).all(), "a stored vector is NaN (or an id has no vector)"
+        np.testing.assert_allclose(np.linalg.norm(stored, axis=1), 1.0, atol=1e-5)
+        np.testing.assert_allclose(stored, expected, atol=1e-5)
+
+        probe = rng.sample(range(len(rows)), min(probes, len(rows)))
+        if flight is not None and flight[1] in by_batch:  # the in-flight batch's first and last items too
+            probe += [position[by_batch[flight[1]][0].id], position[by_batch[flight[1]][-1].id]]
+        for n in probe:
+            hits = store.search(vector=expected[n], to=rows[n].modality, k=2)
+            assert (hits[0].id, hits[0].key) == (rows[n].id, rows[n].key)
+            assert hits[0].score == pytest.approx(1.0, abs=1e-4)
+            assert len(hits) < 2 or hits[1].score < 1 - 1e-4  # the old version of an upserted item is gone
+        report = store.check()
+        assert report["ok"], report["problems"]
+    return outcome
 
 
-def change_media(media: Path, rng: random.Random, serial: int) -> None:
-    """New work for the next writer: new pictures, a new caption every other time, two pictures changed."""
-    pictures = sorted(media.glob("*.png"))
-    for n in range(5):
-        make_image(media / f"new{serial:03d}_{n}.png", rng.randrange(10**6))
-    if serial % 2:
-        (media / f"new{serial:03d}.txt").write_text(f"caption {serial}: {rng.random()}\n")
-    for path in rng.sample(pictures, 2):
-        make_image(path, rng.randrange(10**6))  # changed content: the writer replaces the picture's item
+# kill points armed inside an upsert: (point, nth call, what the store must hold afterwards)
+POINTS = [
+    ("insert", 1, "old"),
+    ("segment", 1, "old"),
+    ("segment", 3, "old"),
+    ("moments", 1, "old"),
+    ("manifest_tmp", 1, "old"),
+    ("renamed", 1, "new"),
+]
 
 
-# (point, nth): kill the writer the nth time it reaches point; "insert"/"manifest"/"rename"/"renamed" are reached
-# once per commit, "staged"/"saved" once per partition written, "index_file" once per file written.
-KILL_POINTS = [("insert", 1), ("staged", 1), ("index_file", 1), ("manifest", 1), ("rename", 1), ("renamed", 1)]
-KILL_POINTS += [("insert", 3), ("saved", 5), ("index_file", 6), ("rename", 2), ("renamed", 3)]
-RANDOM_KILLS = 24
-
-
-def test_killed_writers_leave_a_consistent_store_and_a_rerun_completes_it(writers: Writers, tmp_path: Path):
-    """The acceptance test: kills at each step of a commit, then >= 20 SIGKILLs at random moments."""
-    media, db = tmp_path.resolve() / "media", tmp_path / "db"
-    media.mkdir()
-    for n in range(40):  # pictures and captions interleaved, so that commits mix partitions
-        if n % 5 == 4:
-            (media / f"item{n:03d}.txt").write_text(f"a caption number {n}\n")
+def campaign(tmp_path: Path, space: anybind.Space, *, seed: int, batches: int, rounds: int, kills: int) -> Campaign:
+    """Kill writers ``kills`` times (random moments, and every point of :data:`POINTS` inside upserts), checking
+    the store after each; then let one writer finish cleanly."""
+    anybind.Store.open(tmp_path / "db", space=space, device="cpu").close()
+    c = Campaign(tmp_path, seed, batches, rounds)
+    rng = random.Random(seed)
+    done = 0
+    points = list(POINTS)
+    while done < kills and c.next_op < len(c.ops):
+        forced = points and (done % 2 == 1 or c.next_op >= c.first_upsert)
+        if forced:
+            point, nth, expect = points.pop(0)
+            at = max(c.next_op, c.first_upsert)
+            child = c.start(kill={"op": at, "point": point, "nth": nth})
+            code = c.finished(child)
+            assert code == -signal.SIGKILL, f"kill point {point} was not reached"
+            assert c.ops[c.next_op][0] == "upsert"
         else:
-            make_image(media / f"item{n:03d}.png", n)
-    assert not writers.run(db, media)["killed"]
-    generation = check_complete(db, media)["generation"]
-    rng, serial = random.Random(20240611), 0
-    for point, nth in KILL_POINTS:  # every run also replaces pictures, so commits mark rows removed
-        serial += 1
-        change_media(media, rng, serial)
-        assert writers.run(db, media, point=point, nth=nth)["killed"], f"the writer never reached {point} #{nth}"
-        before, generation = generation, check_store(db, media, generation)["generation"]
-        commits = nth if point == "renamed" else nth - 1 if point in ("insert", "manifest", "rename") else None
-        if commits is not None:
-            assert generation == before + commits, f"killed at {point} #{nth}: generation {generation}"
-    kills, span = 0, 0.2
-    while kills < RANDOM_KILLS:  # kill anywhere in a run: the span grows until a writer finishes within it
-        serial += 1
-        assert serial <= len(KILL_POINTS) + 4 * RANDOM_KILLS, f"only {kills} writers were killed before finishing"
-        change_media(media, rng, serial)
-        end = writers.run(db, media, after=rng.uniform(0.0, span))
-        kills += end["killed"]
-        generation = check_store(db, media, generation)["generation"]
-        if end["killed"]:
-            span *= 1.3
-        else:
-            span = end["seconds"]
-            check_complete(db, media)
-    finished = writers.run(db, media)["report"]  # the re-run completes the set ...
-    check_complete(db, media)
-    again = writers.run(db, media)["report"]  # ... and a further one finds nothing to do
-    assert not again["added"] and not again["errors"] and again["generation"] == finished["generation"]
-    assert sorted(again["unchanged"]) == sorted(str(path) for path in media.iterdir())
+            child = c.start()
+            try:
+                child.wait(timeout=rng.uniform(0.3, 0.9))
+            except subprocess.TimeoutExpired:
+                child.send_signal(signal.SIGKILL)
+            code = c.finished(child)
+            expect = None
+        if code == -signal.SIGKILL:
+            done += 1
+        verify(c, expect=expect, rng=rng)
+    assert done >= kills, f"only {done} kills before the work ran out"
+    return c
 
 
-def test_a_writer_killed_while_creating_the_store_does_not_block_the_next_one(writers: Writers, tmp_path: Path):
-    """A writer killed before the new store's first manifest: the next writer creates the store and indexes."""
-    media, db = tmp_path.resolve() / "media", tmp_path / "db"
-    media.mkdir()
-    make_image(media / "one.png", 1)
-    assert writers.run(db, media, point="manifest", nth=1)["killed"]
-    assert not (db / "manifest.json").exists()
-    assert writers.run(db, media)["report"]["added"]
-    check_complete(db, media)
+def segment_files(db: Path) -> set[str]:
+    """The files in the partitions' folders, as the manifest names them (``modality/name``)."""
+    return {f"{p.parent.name}/{p.name}" for p in (db / "segments").glob("*/*")}
+
+
+def finish_and_check_files(c: Campaign, stop: int | None = None) -> None:
+    """One writer runs to the end; then one more commit, and only the files the manifest names remain."""
+    code = c.finished(c.start(stop=stop))
+    assert code == 0
+    verify(c)
+    with anybind.Store.open(c.db, device="cpu") as store:
+        before = read_manifest(c.db)
+        store.add_vectors("image", batch_vectors(c.seed, 10_000, 0, 3), keys=["final:0", "final:1", "final:2"])
+        after = read_manifest(c.db)
+        assert after.generation == before.generation + 1
+        temps = [p for p in c.db.rglob("*") if is_temp(p.name)]
+        assert not temps, f"temp files left after a clean commit: {temps}"
+        assert {p.name for p in c.db.iterdir()} <= {
+            "manifest.json",
+            "items.sqlite",
+            "items.sqlite-wal",
+            "items.sqlite-shm",
+            "segments",
+        }
+        # files of the generation before stay for its readers; anything else is gone
+        assert segment_files(c.db) <= after.file_names() | before.file_names()
+    with anybind.Store.open(c.db, device="cpu") as store, store.writer.locked():
+        pass  # the next writer collects the previous generation's files
+    assert segment_files(c.db) == after.file_names()
+    assert {p.name for p in (c.db / "segments").iterdir()} <= set(MODALITIES)
+
+
+def test_sigkilled_writers_lose_nothing_acknowledged_and_leave_no_half_batch(tmp_path, clip_space):
+    c = campaign(tmp_path, clip_space, seed=11, batches=8, rounds=40, kills=10)  # more work than 10 kills reach
+    assert c.next_op > c.first_upsert, "the kills ended before every batch was added"
+    finish_and_check_files(c, stop=c.next_op + 3)
+    last = c.ops[c.next_op - 1][2]  # the version the last operation wrote; batches after it hold the one before
+    assert len(c.acked) == 8 and {v for v, _ in c.acked.values()} <= {last - 1, last}
+
+
+@pytest.mark.slow
+def test_a_hundred_sigkills_over_ten_thousand_items(tmp_path, clip_space):
+    batches = 40
+    plan = make_plan(23, batches)
+    assert sum(e["n"] for e in plan) >= 10_000
+    c = campaign(tmp_path, clip_space, seed=23, batches=batches, rounds=12, kills=100)
+    assert c.next_op >= c.first_upsert, "the kills ended before every batch was added"
+    finish_and_check_files(c, stop=min(len(c.ops), c.next_op + 3))
+
+
+# -- a writer killed while it creates the store --------------------------------------------------------
+
+CREATOR = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    import anybind
+    import anybind.store.metadata as metadata
+    import anybind.store.writer as writer
+    from anybind.space import Space
+    from anybind.space_config import SpaceConfig
+
+    class RecordedSpace(Space):
+        '''The test's space as the manifest records it (name, config, fingerprint, dim), without its models.'''
+
+        def __init__(self, record):
+            self.config = SpaceConfig.model_validate(record["config"])
+            self.dim = record["dim"]
+            self._describe = record["describe"]
+
+        def describe(self):
+            return self._describe
+
+    def die(*_):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    cmd = json.loads(sys.argv[1])
+    point = cmd["point"]
+    if point == "db_created":  # the items database exists, with its schema
+        real_init = metadata.MetaDB.__init__
+        def init(self, *args, **kwargs):
+            real_init(self, *args, **kwargs)
+            die()
+        metadata.MetaDB.__init__ = init
+    elif point == "generation_0":  # the first commits row staged, not committed
+        metadata.MetaDB.record_commit = die
+    elif point == "before_manifest":  # the database committed, no manifest
+        writer.write_manifest = die
+    elif point in ("manifest_tmp", "renamed"):
+        real_replace = os.replace
+        def replace(src, dst, *args, **kwargs):
+            if point == "manifest_tmp" and os.path.basename(str(dst)) == "manifest.json":
+                die()
+            real_replace(src, dst, *args, **kwargs)
+            if point == "renamed" and os.path.basename(str(dst)) == "manifest.json":
+                die()
+        os.replace = replace
+    anybind.Store.open(cmd["db"], space=RecordedSpace(cmd["space"]), device="cpu")
+    sys.exit(5)  # the kill point was not reached
+    """
+)
+
+
+@pytest.mark.parametrize("point", ["db_created", "generation_0", "before_manifest", "manifest_tmp", "renamed"])
+def test_a_writer_killed_while_creating_the_store_does_not_block_the_next(tmp_path, clip_space, point):
+    db = tmp_path / "db"
+    record = {"config": clip_space.config.model_dump(mode="json"), "describe": clip_space.describe()}
+    record["dim"] = clip_space.dim
+    cmd = json.dumps({"db": str(db), "point": point, "space": record})
+    done = subprocess.run([sys.executable, "-c", CREATOR, cmd], capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+    assert db.is_dir() and any(db.iterdir())
+    assert (db / "manifest.json").exists() == (point == "renamed")
+    vectors = batch_vectors(5, 0, 0, 4)
+    with anybind.Store.open(db, space=clip_space, device="cpu", lock_timeout=5) as store:
+        assert len(store) == 0 and store.generation == 0
+        ids = store.add_vectors("image", vectors, keys=["a", "b", "c", "d"])
+    with anybind.Store.open(db, space=clip_space, device="cpu") as store:
+        assert store.generation == 1 and len(store) == 4
+        assert [r.key for r in store.get(ids)] == ["a", "b", "c", "d"]
+        np.testing.assert_allclose(store.vectors(ids), vectors, atol=1e-6)
+        assert store.check()["ok"]
+        assert not [p for p in db.rglob("*") if is_temp(p.name)]

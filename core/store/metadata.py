@@ -98,10 +98,12 @@ INT64 = 2**63
 
 
 def _json_path(key: Any) -> str:
+    """The JSON path of a top-level key. SQLite matches a quoted path label against the key's JSON-escaped text
+    as stored (a backslash is ``\\\\`` there), so the label is the key as JSON writes it."""
     if not isinstance(key, str) or not key or '"' in key:
         raise MetadataError(f"filter key {key!r}: keys are non-empty strings and cannot contain '\"'")
     _check_text(key, "filter key")
-    return '$."' + key + '"'
+    return "$." + json.dumps(key, ensure_ascii=False)
 
 
 def _condition(path: str, slot: str, value: Any) -> str:
@@ -111,8 +113,10 @@ def _condition(path: str, slot: str, value: Any) -> str:
     if isinstance(value, bool):
         return f"json_type(metadata, {path}) = '{'true' if value else 'false'}'"
     if isinstance(value, (int, float)):
-        if isinstance(value, int) and not -INT64 <= value < INT64:
-            raise MetadataError(f"filter value {value} does not fit a 64-bit integer")
+        if isinstance(value, int) and not -INT64 <= value < INT64:  # beyond SQLite's integers: its exact digits
+            if sqlite3.sqlite_version_info < (3, 38):
+                raise MetadataError(f"filter value {value}: integers beyond 64 bits need SQLite 3.38 or newer")
+            return f"(json_type(metadata, {path}) = 'integer' AND (metadata -> {path}) = {slot})"
         return f"(json_type(metadata, {path}) IN ('integer', 'real') AND json_extract(metadata, {path}) = {slot})"
     return f"(json_type(metadata, {path}) = 'text' AND json_extract(metadata, {path}) = {slot})"
 
@@ -130,6 +134,16 @@ def db_error(path: Path, exc: BaseException, doing: str) -> StoreError:
     if code == "SQLITE_READONLY" or "readonly" in text:
         return StoreError(f"{path}: {doing} failed: the store is read-only here ({text})")
     return StoreError(f"{path}: {doing} failed: {text}")
+
+
+class Fetched(list):
+    """The rows of one statement, fetched (a list), with the cursor methods the callers use."""
+
+    def fetchone(self) -> Any:
+        return self[0] if self else None
+
+    def fetchall(self) -> list[Any]:
+        return list(self)
 
 
 class MetaDB:
@@ -153,6 +167,8 @@ class MetaDB:
             self.conn.execute("PRAGMA busy_timeout=30000")
             tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         except sqlite3.Error as exc:
+            with contextlib.suppress(Exception):
+                self.conn.close()  # opened, then a PRAGMA or the table list failed
             raise db_error(path, exc, "opening the metadata database") from None
         if not {"items", "commits", "state"} <= tables:
             self.conn.close()
@@ -163,9 +179,11 @@ class MetaDB:
     def close(self) -> None:
         self.conn.close()
 
-    def execute(self, sql: str, params: Any = (), doing: str = "reading the metadata") -> sqlite3.Cursor:
+    def execute(self, sql: str, params: Any = (), doing: str = "reading the metadata") -> Fetched:
+        """Run one statement and fetch its rows; SQLite errors, also those met while reading the rows (a corrupt
+        page under them), become a :class:`StoreError` naming the database."""
         try:
-            return self.conn.execute(sql, params)
+            return Fetched(self.conn.execute(sql, params).fetchall())
         except sqlite3.Error as exc:
             raise db_error(self.path, exc, doing) from None
 
@@ -326,7 +344,8 @@ class MetaDB:
                 if isinstance(value, str):
                     _check_text(value, f"filter {key!r} value")
                 if not isinstance(value, bool) and value is not None:
-                    params[f"v{n}_{v}"] = value
+                    big = isinstance(value, int) and not -INT64 <= value < INT64
+                    params[f"v{n}_{v}"] = str(value) if big else value
                 options.append(_condition(f":p{n}", f":v{n}_{v}", value))
             clauses.append("(" + " OR ".join(options or ["0"]) + ")")
         query = f"SELECT id FROM items WHERE modality = :m AND {VISIBLE} AND " + " AND ".join(clauses or ["1"])
