@@ -37,20 +37,12 @@ def query_vector(dim: int, embed: Embed, inputs: Mapping[str, Any], weights: Map
     """The unit query vector ``(1, dim)``: one input embedded, or the normalised weighted sum of several."""
     if not inputs:
         raise QueryError("nothing to search with: give text=, image=, audio=, video=, vector= or query=")
+    if len(inputs) == 1 and "vector" in inputs and not weights:  # the common case, without the weighted sum
+        return _unit_vector(inputs["vector"], dim).astype(np.float32)[None, :]
     total = np.zeros(dim, dtype=np.float64)
     for modality, value in inputs.items():
-        if modality == "vector":
-            try:
-                vec = np.asarray(value, dtype=np.float64).reshape(-1)
-            except (TypeError, ValueError) as exc:
-                raise EmbeddingError(f"query vector is not numeric: {exc}") from None
-            if vec.shape != (dim,):
-                raise EmbeddingError(f"query vector has shape {vec.shape}; this store needs ({dim},)")
-            if not np.isfinite(vec).all() or not np.linalg.norm(vec):
-                raise EmbeddingError("query vector has NaN/infinite values or is all zeros")
-            vec = vec / np.linalg.norm(vec)
-        else:
-            vec = np.asarray(embed(modality, value), dtype=np.float64)
+        embedded = _unit_vector(value, dim) if modality == "vector" else embed(modality, value)
+        vec = np.asarray(embedded, dtype=np.float64)
         weight = (weights or {}).get(modality, 1.0)
         if not isinstance(weight, (int, float)) or not np.isfinite(weight):
             raise QueryError(f"weight of {modality!r} must be a finite number, got {weight!r}")
@@ -59,6 +51,20 @@ def query_vector(dim: int, embed: Embed, inputs: Mapping[str, Any], weights: Map
     if not np.isfinite(norm) or norm == 0:
         raise EmbeddingError(f"the weighted query inputs {sorted(inputs)} cancel out (zero vector)")
     return (total / norm).astype(np.float32)[None, :]
+
+
+def _unit_vector(value: Any, dim: int) -> np.ndarray:
+    """A query vector as float64 of unit length; :class:`EmbeddingError` for a wrong shape, NaN/inf or zeros."""
+    try:
+        vec = np.asarray(value, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise EmbeddingError(f"query vector is not numeric: {exc}") from None
+    if vec.shape != (dim,):
+        raise EmbeddingError(f"query vector has shape {vec.shape}; this store needs ({dim},)")
+    norm = float(np.sqrt(vec @ vec))
+    if not np.isfinite(norm) or not norm:
+        raise EmbeddingError("query vector has NaN/infinite values or is all zeros")
+    return vec / norm
 
 
 def targets(snap: Snapshot, to: str | Sequence[str] | None, known: Collection[str]) -> list[str]:
@@ -86,8 +92,7 @@ def _partition_top(
 ) -> tuple[np.ndarray, np.ndarray, PartitionScores]:
     part = snap.partition(name)
     if part is None or part.count == 0:
-        return np.empty(0), np.empty(0, np.int64), PartitionScores(name, 0, 0.0, 1.0, "none", True, 0)
-    mean, std = part.moments.score_moments(q)
+        return np.empty(0), np.empty(0, np.int64), PartitionScores(name, 0, "none", True, 0)
     allowed = snap.db.matching(name, snap.generation, where) if where else None
     want = max(k, rerank or 0)
     if allowed is not None and not len(allowed):
@@ -99,7 +104,7 @@ def _partition_top(
         exact_scores = part.vectors(ids) @ q[0]
         order = np.lexsort((ids, -exact_scores))
         scores, ids = exact_scores[order], ids[order]
-    stats = PartitionScores(name, part.count, float(mean[0]), float(std[0]), part.built, exact, len(ids))
+    stats = PartitionScores(name, part.count, part.built, exact, len(ids), moments=(part.moments, q))
     return scores[:k], ids[:k], stats
 
 
@@ -166,15 +171,16 @@ def run_search(
     for name in names:
         scores, ids, stats = search_partition(snap, name, q, k, where, rerank, rollup)
         partitions[name] = stats
+        one = len(names) == 1  # one partition: the calibrated order is the raw order; calibrate only if asked
         for score, item_id in zip(scores.tolist(), ids.tolist(), strict=True):
-            found.append(((score - stats.mean) / stats.std, score, item_id, name))
+            found.append((score if one else (score - stats.mean) / stats.std, score, item_id, name))
     found.sort(key=lambda hit: (-hit[0], hit[2]))
     if not rollup:
         found = found[:k]
     rows = snap.db.rows([item_id for _, _, item_id, _ in found[: 4 * k]], snap.generation)
     hits: list[Hit] = []
     files: set[str] = set()
-    for calibrated, score, item_id, name in found:
+    for _, score, item_id, name in found:
         row = rows.get(item_id)
         if row is None:
             rows.update(snap.db.rows([item_id], snap.generation))
@@ -190,13 +196,13 @@ def run_search(
                 item_id,
                 name,
                 float(score),
-                float(calibrated),
                 row.uri,
                 row.start,
                 row.end,
                 row.text,
                 row.metadata,
                 row.key,
+                partitions[name],
             )
         )
         if len(hits) == k:

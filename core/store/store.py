@@ -75,6 +75,7 @@ class Store:
 
     def __init__(self, path: Path, space: Space | None, options: dict[str, Any]) -> None:
         self.path = path
+        self._manifest_path = str(path / MANIFEST)  # stat()ed before every search: a new generation?
         self._space = space
         self._options = options
         self._writer: Writer | None = None
@@ -226,7 +227,7 @@ class Store:
 
     def _stat(self) -> tuple[int, int, int]:
         try:
-            st = os.stat(self.path / MANIFEST)
+            st = os.stat(self._manifest_path)
         except FileNotFoundError:
             raise StoreError(f"{self.path}: {MANIFEST} is gone (the store was deleted or damaged)") from None
         return (st.st_mtime_ns, st.st_ino, st.st_size)
@@ -427,9 +428,11 @@ class Store:
         if query is not None and not isinstance(query, Mapping):
             raise MetadataError(f"query must be a dict of modality -> item, got {type(query).__name__}")
         given.update(query or {})
-        q = query_vector(self.dim, lambda modality, item: self.space.embed(modality, [item])[0], given, weights)
-        for _ in range(SEARCH_RETRIES):
-            snap = self.snapshot()
+        snap = self.snapshot()
+        q = query_vector(snap.dim, lambda modality, item: self.space.embed(modality, [item])[0], given, weights)
+        for attempt in range(SEARCH_RETRIES):
+            if attempt or "vector" not in given or len(given) > 1:  # embedding took a while: look again
+                snap = self.snapshot()
             names = [] if to is None else ([t.strip() for t in to.split(",")] if isinstance(to, str) else list(to))
             known = () if all(n in snap.manifest.partitions for n in names) else list(self.host.modalities)
             try:
