@@ -215,7 +215,8 @@ def _edit_count(path: Path, fix_checksum: bool) -> None:
     raw["partitions"]["image"]["count"] += 1
     if fix_checksum:  # a consistent-looking edit: the manifest's own checksum recomputed
         body = {k: v for k, v in raw.items() if k != "checksum"}
-        raw["checksum"] = f"{zlib.crc32(json.dumps(body, indent=2, sort_keys=True).encode()) & 0xFFFFFFFF:08x}"
+        text = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        raw["checksum"] = f"{zlib.crc32(text) & 0xFFFFFFFF:08x}"
     file.write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
 
 

@@ -123,7 +123,7 @@ def now() -> str:
 
 def _body(data: dict[str, Any]) -> bytes:
     data = {key: value for key, value in data.items() if key != "checksum"}
-    return json.dumps(data, indent=2, sort_keys=True).encode()
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()  # compact: the C encoder, 10x faster
 
 
 def _checksum(data: dict[str, Any]) -> str:
@@ -177,4 +177,4 @@ def write_manifest(directory: Path, manifest: Manifest) -> None:
     data = manifest.model_dump()
     data["checksum"] = _checksum(data)
     manifest.checksum = data["checksum"]
-    write_atomic(directory / MANIFEST, json.dumps(data, indent=2, sort_keys=True).encode() + b"\n")
+    write_atomic(directory / MANIFEST, json.dumps(data, sort_keys=True, separators=(",", ":")).encode() + b"\n")

@@ -99,6 +99,7 @@ class Writer:
         self._fd: int | None = None
         self._depth = 0
         self._moments_cache: dict[tuple[str, str, str], Moments] = {}  # (modality, file, crc) -> what it holds
+        self._written: tuple[int, int, int] | None = None  # stat of the manifest this writer renamed in last
 
     @property
     def db(self) -> MetaDB:
@@ -148,7 +149,7 @@ class Writer:
         self._acquire()
         self._depth = 1
         try:
-            manifest = read_manifest(self.root)
+            manifest = self._current_manifest()
             self.db.check_generation(manifest.generation)
             self.db.recover(manifest.generation)
             if self.manifest is None or self.manifest.generation != manifest.generation:  # another writer was here
@@ -158,6 +159,21 @@ class Writer:
         finally:
             self._depth = 0
             self._release()
+
+    def _manifest_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.root / MANIFEST)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _current_manifest(self) -> Manifest:
+        """The manifest on disk: the one this writer committed last when the file is still the one it renamed in
+        (same inode, size and mtime), else read and verified again."""
+        stamp = self._manifest_stamp()
+        if self.manifest is not None and stamp is not None and stamp == self._written:
+            return self.manifest
+        return read_manifest(self.root)
 
     def _acquire(self) -> None:
         try:
@@ -292,6 +308,7 @@ class Writer:
         self, old: Manifest, manifest: Manifest, ids: list[int], removed: dict[str, list[int]], warnings: list[str]
     ) -> Commit:
         self.manifest = manifest
+        self._written = self._manifest_stamp()
         try:
             self.collect_garbage(manifest, previous=old)
         except OSError as exc:  # pragma: no cover - the next writer collects them
