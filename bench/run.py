@@ -1,7 +1,7 @@
 """Run the benchmarks of issue 6 and write ``docs/benchmarks.md`` (plus PNGs and results.json under
 ``docs/benchmarks/``).
 
-    python bench/run.py [--quick] [--only ingest,search,bandwidth,gpu] [--workdir DIR]
+    python bench/run.py [--quick] [--only ingest,search,bandwidth,store,gpu] [--workdir DIR]
 
 ``--quick``: the reduced sizes (about 10 minutes on 2 cores); without it the full run (100k and 1M vectors,
 1,000 queries: about 1.5 hours on 2 cores). ``--only`` runs some sections and keeps the others from the previous
@@ -30,6 +30,7 @@ SECTIONS = {
     "ingest": ("ingest_bench", "Ingest"),
     "search": ("search_bench", "Search"),
     "bandwidth": ("bandwidth", "Physical limit"),
+    "store": ("store_bench", "Store"),
     "gpu": ("gpu_bench", "GPU"),
 }
 
