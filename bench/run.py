@@ -3,11 +3,12 @@
 
     python bench/run.py [--quick] [--only ingest,search,bandwidth,store,gpu] [--workdir DIR]
 
-``--quick``: the reduced sizes (about 10 minutes on 2 cores); without it the full run (100k and 1M vectors,
-1,000 queries: about 1.5 hours on 2 cores). ``--only`` runs some sections and keeps the others from the previous
-run's results.json. A section that could not run on this machine (GPU on a machine without one) keeps the
-previous run's figures when there are any. Progress goes to stderr. Generated data, stores and models live in
-``--workdir`` (default: ``$TMPDIR/anybind-bench``; data files are reused between runs when their parameters match).
+``--quick``: the reduced sizes (about 13 minutes on 2 cores); without it the full run (100k and 1M vectors, 1,000
+queries: about 1.75 hours on 2 cores, the store section about 12 minutes of it). ``--only`` runs some sections and
+keeps the others from the previous run's results.json. A section that could not run on this machine (GPU on a
+machine without one) keeps the previous run's figures when there are any. Progress goes to stderr. Generated data,
+stores and models live in ``--workdir`` (default: ``$TMPDIR/anybind-bench``; data files are reused between runs
+when their parameters match).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def run_section(name: str, quick: bool, workdir: Path) -> Section:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="reduced sizes (under 10 minutes on 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="reduced sizes (about 13 minutes on 2 cores)")
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated: " + ", ".join(SECTIONS))
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "anybind-bench")
     args = parser.parse_args(argv)
