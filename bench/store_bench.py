@@ -568,6 +568,29 @@ def _targets(numbers: dict) -> list[tuple[str, bool | None, str]]:
     n, full = sizes["n"], sizes["n"] >= FULL.n
     at = "" if full else f" (measured at {n:,}; the target is at {FULL.n:,}: run the full size)"
     targets = []
+    lance, chroma = numbers["ingest"].get("lancedb", {}), numbers["ingest"].get("chromadb", {})
+    if _ok(ours):
+        st = commit_stats(ours["commit_s"])
+        growth = st["median_last_10pct_ms"] / st["median_first_10k_ms"]
+        why = f"{growth:.2f}x: {st['median_first_10k_ms']:.1f} ms -> {st['median_last_10pct_ms']:.1f} ms{at}"
+        targets.append(("store median commit at 1M <= 1.5x the median at 10k", growth <= 1.5 if full else None, why))
+    if _ok(ours) and _ok(lance):
+        mine, theirs = (
+            commit_stats(ours["commit_s"])["commits_total_s"],
+            commit_stats(lance["commit_s"])["commits_total_s"],
+        )
+        why = (
+            f"{mine / theirs:.2f}x: {mine:.1f} s of commits vs lancedb table.add {theirs:.1f} s (anybind fsyncs each "
+            f"commit before acknowledging it; lancedb's local table.add calls no fsync){at}"
+        )
+        targets.append(("store 1M ingest <= 2x lancedb table.add", mine <= 2 * theirs if full else None, why))
+    if _ok(ours) and _ok(chroma):
+        mine = commit_stats(ours["commit_s"])["commits_total_s"]
+        theirs = extrapolate_total(chroma["commit_s"], n)
+        measured_n = len(chroma["commit_s"]) * BATCH
+        est = "" if measured_n >= n else f" (chromadb measured to {measured_n:,}, extrapolated)"
+        why = f"{mine:.1f} s vs chromadb about {theirs:.0f} s{est}{at}"
+        targets.append(("store 1M ingest faster than chromadb", mine < theirs if full else None, why))
     if _ok(ours):
         ratio = ours["disk_bytes"] / (ours["items"] * data.DIM * 4)
         why = f"{ratio:.3f}x: {ours['disk_bytes'] / MIB:,.0f} MiB for {ours['items']:,} x 512 float32{at}"

@@ -85,6 +85,32 @@ def exact_scan(seg: Segment, queries: np.ndarray, k: int) -> tuple[np.ndarray, n
     return found_s[0], np.ascontiguousarray(found_i[0])
 
 
+def exact_scan_all(segs: list[Segment], queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k candidates of several segments at once, for a few queries: each segment's BLAS call writes
+    into one score row, then one selection over all of them (a selection and a merge per segment cost about
+    40 us each: 0.7 ms for the 17 segments of a bulk-loaded 100k partition)."""
+    sizes = [seg.record.rows for seg in segs]
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    scores = np.empty((len(queries), int(offsets[-1])), dtype=np.float32)
+    for seg, start, stop in zip(segs, offsets[:-1], offsets[1:], strict=True):
+        block = scores[:, start:stop]
+        np.matmul(queries, seg.vectors.T, out=block)
+        if seg.live is not None:
+            block[:, ~seg.live] = -np.inf
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    kth = np.take_along_axis(scores, part, axis=1).min(axis=1)
+    rows = [np.flatnonzero(scores[row] >= kth[row]) for row in range(len(queries))]  # ties at the k-th: all
+    width = max(len(r) for r in rows)
+    out_s = np.full((len(queries), width), -np.inf, np.float32)
+    out_i = np.full((len(queries), width), SENTINEL, np.int64)
+    for row, positions in enumerate(rows):
+        which = np.searchsorted(offsets, positions, side="right") - 1
+        out_s[row, : len(positions)] = scores[row, positions]
+        out_i[row, : len(positions)] = [segs[w].ids[p - offsets[w]] for w, p in zip(which, positions, strict=True)]
+    return out_s, out_i
+
+
 def _drop_dead(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """-1 (no hit) from faiss becomes an entry that sorts last and is cut by the caller."""
     bad = ids < 0
@@ -177,6 +203,12 @@ class PartitionView:
                 found_s.append(s)
                 found_i.append(i)
                 live = [seg for seg in live if not seg.exact]
+        flat = [seg for seg in live if seg.exact]
+        if allowed is None and len(flat) > 1 and len(queries) <= ann.BLAS_MAX_QUERIES:
+            s, i = exact_scan_all(flat, queries, k)
+            found_s.append(s)
+            found_i.append(i)
+            live = [seg for seg in live if not seg.exact]
         for seg in live:
             if allowed is not None:
                 s, i, was_exact = self._filtered(seg, queries, k, allowed)
