@@ -81,3 +81,30 @@ def test_filtered_scan_and_vectors_by_id(tmp_path):
     np.testing.assert_array_equal(got[[0, 3]], x[[24, 0]])
     assert np.isnan(got[1]).all() and np.isnan(got[2]).all()  # dead and absent ids
     assert part.live_ids().tolist() == [i for i in range(1, 51) if i != 3]
+
+
+@pytest.mark.parametrize("use_torch", [False, True])
+def test_large_segments_select_the_same_top_k_with_or_without_torch(tmp_path, monkeypatch, use_torch):
+    """Segments over 4,096 rows pick their k-th score with torch's top-k when torch is loaded: same answer."""
+    import sys
+
+    torch = pytest.importorskip("torch")
+    if not use_torch:
+        monkeypatch.delitem(sys.modules, "torch")
+    rng = np.random.default_rng(5)
+    x = unit(rng, 12_000, 16)
+    x[5000:5003] = x[7000]  # a tie across two segments at the top for the query below
+    ids = np.arange(1, 12_001, dtype=np.int64) * 2
+    dead = ids[rng.choice(12_000, 500, replace=False)].tolist()
+    dead = [i for i in dead if i not in ids[[5000, 5001, 5002, 7000]]]
+    part = partition(tmp_path / "p", [(ids[:6000], x[:6000]), (ids[6000:], x[6000:])], dead)
+    q = np.vstack([x[7000:7001], unit(rng, 4, 16)])
+    live = ~np.isin(ids, dead)
+    ref_scores, ref_ids = faiss_top(ids[live], x[live], q, 10)
+    for queries in (q, q[:1]):
+        scores, found, _ = part.search(queries, 10)
+        np.testing.assert_allclose(scores, ref_scores[: len(queries)], atol=1e-5)
+        assert found[0, :4].tolist() == sorted(ids[[5000, 5001, 5002, 7000]].tolist())  # ties by id
+        np.testing.assert_array_equal(found[1:], ref_ids[1 : len(queries)])
+    assert ("torch" in sys.modules) == use_torch
+    del torch

@@ -7,6 +7,7 @@ returned. The partition's moments (count, sum, outer products) calibrate its sco
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,14 +43,25 @@ def merge_top_k(scores: list[np.ndarray], ids: list[np.ndarray], k: int) -> tupl
     return out_s, out_i
 
 
+def kth_best(scores: np.ndarray, k: int) -> np.ndarray:
+    """The k-th highest score of each row of (nq, n) ``scores``. Through torch's top-k when torch is already
+    imported (anybind's spaces import it): 0.17 ms for 100k scores on the 2-core VM, where NumPy's argpartition
+    takes 1.1 ms, a tenth of the scan itself."""
+    torch = sys.modules.get("torch")
+    if torch is not None and scores.shape[1] >= 4096 and scores.flags.writeable:
+        top = torch.topk(torch.from_numpy(scores), k, dim=1, sorted=False).values
+        return top.min(dim=1).values.numpy()
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    return np.take_along_axis(scores, part, axis=1).min(axis=1)
+
+
 def top_candidates(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row of ``scores`` (nq, n) the candidates that can reach the top ``k``: everything scoring at least the
     k-th best (so that ties at the boundary are decided by id in :func:`merge_top_k`)."""
     n = scores.shape[1]
     if n <= k:
         return scores, np.broadcast_to(ids, scores.shape)
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    kth = np.take_along_axis(scores, part, axis=1).min(axis=1)
+    kth = kth_best(scores, k)
     if len(scores) == 1:
         keep = np.flatnonzero(scores[0] >= kth[0])
         return scores[:, keep], ids[keep][None, :]
@@ -98,8 +110,7 @@ def exact_scan_all(segs: list[Segment], queries: np.ndarray, k: int) -> tuple[np
         if seg.live is not None:
             block[:, ~seg.live] = -np.inf
     k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    kth = np.take_along_axis(scores, part, axis=1).min(axis=1)
+    kth = kth_best(scores, k)
     rows = [np.flatnonzero(scores[row] >= kth[row]) for row in range(len(queries))]  # ties at the k-th: all
     width = max(len(r) for r in rows)
     out_s = np.full((len(queries), width), -np.inf, np.float32)
