@@ -377,7 +377,7 @@ def test_a_hundred_sigkills_over_ten_thousand_items(tmp_path, clip_space):
     batches = 40
     plan = make_plan(23, batches)
     assert sum(e["n"] for e in plan) >= 10_000
-    c = campaign(tmp_path, clip_space, seed=23, batches=batches, rounds=12, kills=100)
+    c = campaign(tmp_path, clip_space, seed=23, batches=batches, rounds=60, kills=100)
     assert c.next_op >= c.first_upsert, "the kills ended before every batch was added"
     finish_and_check_files(c, stop=min(len(c.ops), c.next_op + 3))
 
