@@ -309,6 +309,20 @@ class MetaDB:
                 found[r[0]] = Row(r[0], r[1], r[2], r[3], r[4], r[5], r[6], meta, r[8], r[9], r[10])
         return found
 
+    def hit_rows(self, ids: Sequence[int], generation: int) -> dict[int, tuple[Any, ...]]:
+        """What a search hit shows of each visible id: (key, uri, start, end, text, metadata dict); the columns a
+        hit does not need are not read."""
+        found: dict[int, tuple[Any, ...]] = {}
+        for chunk in _chunks(list(ids)):
+            marks = ",".join("?" * len(chunk))
+            query = (
+                f'SELECT id, key, uri, start, "end", text, metadata FROM items WHERE id IN ({marks}) '
+                "AND added_gen <= ? AND (removed_gen IS NULL OR removed_gen > ?)"
+            )
+            for r in self.execute(query, (*chunk, generation, generation)):
+                found[r[0]] = (r[1], r[2], r[3], r[4], r[5], {} if r[6] == "{}" else json.loads(r[6]))
+        return found
+
     def by_keys(self, keys: Sequence[str], generation: int) -> dict[str, list[int]]:
         """Visible ids (every time segment) of each caller-supplied key present at ``generation``."""
         found: dict[str, list[int]] = {}

@@ -177,34 +177,22 @@ def run_search(
     found.sort(key=lambda hit: (-hit[0], hit[2]))
     if not rollup:
         found = found[:k]
-    rows = snap.db.rows([item_id for _, _, item_id, _ in found[: 4 * k]], snap.generation)
+    rows = snap.db.hit_rows([item_id for _, _, item_id, _ in found[: 4 * k]], snap.generation)
     hits: list[Hit] = []
     files: set[str] = set()
     for _, score, item_id, name in found:
         row = rows.get(item_id)
         if row is None:
-            rows.update(snap.db.rows([item_id], snap.generation))
+            rows.update(snap.db.hit_rows([item_id], snap.generation))
             row = rows.get(item_id)
         if row is None:
             raise _missing_row(snap, item_id, name)
-        if rollup and row.uri is not None and row.start is not None and snap.temporal(name):
-            if row.uri in files:  # a video's sound and its picture: the file once, by its best segment
+        key, uri, start, end, text, metadata = row
+        if rollup and uri is not None and start is not None and snap.temporal(name):
+            if uri in files:  # a video's sound and its picture: the file once, by its best segment
                 continue
-            files.add(row.uri)
-        hits.append(
-            Hit(
-                item_id,
-                name,
-                float(score),
-                row.uri,
-                row.start,
-                row.end,
-                row.text,
-                row.metadata,
-                row.key,
-                partitions[name],
-            )
-        )
+            files.add(uri)
+        hits.append(Hit(item_id, name, float(score), uri, start, end, text, metadata, key, partitions[name]))
         if len(hits) == k:
             break
     if where and snap.db.purged_below() > snap.generation + 1:  # the filter may have missed purged rows
