@@ -6,7 +6,6 @@ import contextlib
 import os
 import zlib
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from anybind.errors import StoreError
@@ -76,25 +75,14 @@ def write_new(path: Path, chunks: Iterable[bytes | memoryview]) -> tuple[int, st
 
 
 def file_crc32(path: Path) -> tuple[int, str]:
-    """(bytes, CRC-32 as 8 hex digits) of a file, read in blocks. A file of more than one block is read one block
-    ahead in a second thread while the checksum of the block before is computed (both release the GIL), so a
-    segment that is not in the page cache costs about the time of reading it, not reading plus checksumming."""
+    """(bytes, CRC-32 as 8 hex digits) of a file, read in blocks."""
     crc, size = 0, 0
     with open(path, "rb", buffering=0) as handle:
-        if hasattr(os, "posix_fadvise"):
-            with contextlib.suppress(OSError):
-                os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        buffers = (bytearray(BLOCK), bytearray(BLOCK))
-        n = handle.readinto(buffers[0])
-        if n < BLOCK:  # the whole file in one block
-            return n, f"{zlib.crc32(memoryview(buffers[0])[:n]) & 0xFFFFFFFF:08x}"
-        with ThreadPoolExecutor(1) as reader:
-            current = 0
-            while n:
-                ahead = reader.submit(handle.readinto, buffers[1 - current])
-                crc = zlib.crc32(memoryview(buffers[current])[:n], crc)
-                size += n
-                n, current = ahead.result(), 1 - current
+        buffer = bytearray(BLOCK)
+        view = memoryview(buffer)
+        while n := handle.readinto(buffer):
+            crc = zlib.crc32(view[:n], crc)
+            size += n
     return size, f"{crc & 0xFFFFFFFF:08x}"
 
 
