@@ -55,28 +55,32 @@ def kth_best(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(scores, part, axis=1).min(axis=1)
 
 
+def candidate_positions(scores: np.ndarray, k: int) -> list[np.ndarray]:
+    """Per row of ``scores`` (nq, n), n > k, the positions scoring at least the row's k-th best (all of a tie at
+    the boundary, so that it is decided by id in :func:`merge_top_k`)."""
+    kth = kth_best(scores, k)
+    return [np.flatnonzero(scores[row] >= kth[row]) for row in range(len(scores))]
+
+
+def padded(scores: list[np.ndarray], ids: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of candidates of unequal length as (nq, width) arrays, padded with -inf / SENTINEL."""
+    width = max(len(row) for row in scores)
+    out_s = np.full((len(scores), width), -np.inf, np.float32)
+    out_i = np.full((len(scores), width), SENTINEL, np.int64)
+    for row, (s, i) in enumerate(zip(scores, ids, strict=True)):
+        out_s[row, : len(s)], out_i[row, : len(i)] = s, i
+    return out_s, out_i
+
+
 def top_candidates(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row of ``scores`` (nq, n) the candidates that can reach the top ``k``: everything scoring at least the
     k-th best (so that ties at the boundary are decided by id in :func:`merge_top_k`)."""
-    n = scores.shape[1]
-    if n <= k:
+    if scores.shape[1] <= k:
         return scores, np.broadcast_to(ids, scores.shape)
-    kth = kth_best(scores, k)
+    positions = candidate_positions(scores, k)
     if len(scores) == 1:
-        keep = np.flatnonzero(scores[0] >= kth[0])
-        return scores[:, keep], ids[keep][None, :]
-    out_s, out_i = [], []
-    width = 0
-    for row in range(len(scores)):
-        keep = np.flatnonzero(scores[row] >= kth[row])
-        out_s.append(scores[row, keep])
-        out_i.append(ids[keep])
-        width = max(width, len(keep))
-    pad_s = np.full((len(scores), width), -np.inf, np.float32)
-    pad_i = np.full((len(scores), width), SENTINEL, np.int64)
-    for row, (s, i) in enumerate(zip(out_s, out_i, strict=True)):
-        pad_s[row, : len(s)], pad_i[row, : len(i)] = s, i
-    return pad_s, pad_i
+        return scores[:, positions[0]], ids[positions[0]][None, :]
+    return padded([scores[row, keep] for row, keep in enumerate(positions)], [ids[keep] for keep in positions])
 
 
 def exact_scan(seg: Segment, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -110,16 +114,13 @@ def exact_scan_all(segs: list[Segment], queries: np.ndarray, k: int) -> tuple[np
         if seg.live is not None:
             block[:, ~seg.live] = -np.inf
     k = min(k, scores.shape[1])
-    kth = kth_best(scores, k)
-    rows = [np.flatnonzero(scores[row] >= kth[row]) for row in range(len(queries))]  # ties at the k-th: all
-    width = max(len(r) for r in rows)
-    out_s = np.full((len(queries), width), -np.inf, np.float32)
-    out_i = np.full((len(queries), width), SENTINEL, np.int64)
-    for row, positions in enumerate(rows):
-        which = np.searchsorted(offsets, positions, side="right") - 1
-        out_s[row, : len(positions)] = scores[row, positions]
-        out_i[row, : len(positions)] = [segs[w].ids[p - offsets[w]] for w, p in zip(which, positions, strict=True)]
-    return out_s, out_i
+    positions = candidate_positions(scores, k) if scores.shape[1] > k else [np.arange(scores.shape[1])] * len(queries)
+
+    def ids_at(at: np.ndarray) -> np.ndarray:
+        which = np.searchsorted(offsets, at, side="right") - 1
+        return np.fromiter((segs[w].ids[p - offsets[w]] for w, p in zip(which, at, strict=True)), np.int64, len(at))
+
+    return padded([scores[row, keep] for row, keep in enumerate(positions)], [ids_at(keep) for keep in positions])
 
 
 def _drop_dead(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
