@@ -47,20 +47,18 @@ def migrate_v1(root: Path, *, lock_timeout: float | None = None) -> dict[str, An
     Raises :class:`StoreError` (and changes nothing) when the old store is not consistent: a partition's rows in
     SQLite do not match its manifest count, a vector of the wrong size, or the old database is unreadable.
     """
-    writer = Writer(root, lock_timeout=lock_timeout)
-    writer._acquire()
-    old_lock = os.open(root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(old_lock, fcntl.LOCK_EX)
-        raw = read_raw(root)
-        if raw.get("format") != 1:
-            raise StoreError(f"{root}: store format {raw.get('format')!r}, not 1: nothing to migrate")
-        return _migrate(root, raw)
-    finally:
-        with contextlib.suppress(OSError):
-            fcntl.flock(old_lock, fcntl.LOCK_UN)
-        os.close(old_lock)
-        writer._release()
+    with Writer(root, lock_timeout=lock_timeout).exclusive():
+        old_lock = os.open(root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(old_lock, fcntl.LOCK_EX)
+            raw = read_raw(root)
+            if raw.get("format") != 1:
+                raise StoreError(f"{root}: store format {raw.get('format')!r}, not 1: nothing to migrate")
+            return _migrate(root, raw)
+        finally:
+            with contextlib.suppress(OSError):
+                fcntl.flock(old_lock, fcntl.LOCK_UN)
+            os.close(old_lock)
 
 
 def _migrate(root: Path, raw: dict[str, Any]) -> dict[str, Any]:

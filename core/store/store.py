@@ -155,16 +155,13 @@ class Store:
             describe=space.describe(),
         )
         writer = Writer(root, lock_timeout=lock_timeout)
-        writer._acquire()  # two processes creating the same store: one creates, the other opens it
-        try:
+        with writer.exclusive():  # two processes creating the same store: one creates, the other opens it
             if not (root / MANIFEST).exists():
                 if not leftover_of_creation(root):
                     _refuse_without_manifest(root)
                 for name in (ITEMS_DB, f"{ITEMS_DB}-wal", f"{ITEMS_DB}-shm"):
                     (root / name).unlink(missing_ok=True)
                 create_store(root, Manifest(space=record, default_index=index or "Flat"))
-        finally:
-            writer._release()
         return cls.open(
             root,
             space,

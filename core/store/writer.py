@@ -113,7 +113,7 @@ class Writer:
         on that generation finds a file gone and searches the current one instead."""
         if self.manifest is not None and not self._depth:
             with contextlib.suppress(StoreError, OSError):
-                if self._try_acquire():
+                if self._acquire(wait=False):
                     try:
                         self.collect_garbage(read_manifest(self.root))
                     finally:
@@ -121,16 +121,6 @@ class Writer:
         if self._db is not None:
             self._db.close()
             self._db = None
-
-    def _try_acquire(self) -> bool:
-        fd = os.open(self.root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        self._fd = fd
-        return True
 
     # -- locking and recovery ------------------------------------------------------------------------
 
@@ -175,20 +165,34 @@ class Writer:
             return self.manifest
         return read_manifest(self.root)
 
-    def _acquire(self) -> None:
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """The store directory's lock alone, without reading a manifest or recovering (creating a store,
+        migrating one); waits up to ``lock_timeout`` like :meth:`locked`."""
+        self._acquire()
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _acquire(self, wait: bool = True) -> bool:
+        """Take the lock, waiting up to ``lock_timeout`` (then StoreError); ``wait=False``: False at once when
+        another writer holds it."""
         try:
             fd = os.open(self.root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         except OSError as exc:
             raise StoreError(f"{self.root}: cannot open the store directory: {exc.strerror or exc}") from None
-        deadline = time.monotonic() + self.lock_timeout
+        deadline = time.monotonic() + (self.lock_timeout if wait else 0.0)
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 self._fd = fd
-                return
+                return True
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     os.close(fd)
+                    if not wait:
+                        return False
                     raise StoreError(
                         f"{self.root}: another process is writing to this store (waited {self.lock_timeout:g} s; "
                         "set ANYBIND_LOCK_TIMEOUT or lock_timeout= to wait longer)"
