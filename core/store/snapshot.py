@@ -39,12 +39,13 @@ class Snapshot:
         self._partitions: dict[str, PartitionView | None] = {}
 
     @classmethod
-    def open(cls, root: Path, db: MetaDB | None = None, scanner: Any = None) -> Snapshot:
-        """The current generation (a read-only metadata connection is opened unless one is given)."""
+    def open(cls, root: Path, db: MetaDB | None = None, scanner: Any = None, cache: dict | None = None) -> Snapshot:
+        """The current generation (a read-only metadata connection is opened unless one is given; ``cache``: loaded
+        segments shared with earlier snapshots, see :class:`~anybind.store.partition.PartitionView`)."""
         manifest = read_manifest(root)
         db = db or MetaDB(root, readonly=True)
         db.check_generation(manifest.generation)
-        return cls(root, manifest, db, scanner)
+        return cls(root, manifest, db, scanner, cache)
 
     @property
     def generation(self) -> int:

@@ -239,8 +239,7 @@ class Store:
                 from .torch_scan import TorchScanner
 
                 self._scanner = TorchScanner.create() if self._options["device"] != "cpu" else None
-            snap = Snapshot.open(self.path, self._db, self._scanner)
-            snap.cache = self._segments
+            snap = Snapshot.open(self.path, self._db, self._scanner, self._segments)
             live = {(name, s.vectors.name) for name, p in snap.manifest.partitions.items() for s in p.segments}
             gone = [key for key in self._segments if (key[0], key[1]) not in live]  # merged away
             for key in gone:
