@@ -8,10 +8,17 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load as load_tensors
 from safetensors.numpy import save as save_tensors
+
+from anybind.errors import StoreError
+
+from .files import RECOVER_HINT
+from .manifest import FileRecord
+from .segment import verified
 
 
 def gram(x: np.ndarray) -> np.ndarray:
@@ -74,3 +81,16 @@ class Moments:
     def from_bytes(cls, data: bytes) -> Moments:
         tensors = load_tensors(data)
         return cls(int(tensors["count"][0]), tensors["total"], tensors["outer"])
+
+
+def read_moments(folder: Path, record: FileRecord, dim: int, count: int) -> Moments:
+    """A partition's moments file, checked against the manifest (size, CRC-32, item count, dimension); a
+    :class:`StoreError` naming the file when it is damaged or does not match."""
+    path = verified(folder / record.name, record)
+    try:
+        moments = Moments.from_bytes(path.read_bytes())
+    except Exception as exc:  # safetensors raises its own error types
+        raise StoreError(f"{path}: cannot read the partition's moments ({exc}); {RECOVER_HINT}") from None
+    if moments.count != count or moments.total.shape != (dim,):
+        raise StoreError(f"{path}: moments of {moments.count} items, the manifest counts {count}")
+    return moments

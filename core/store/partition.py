@@ -18,10 +18,9 @@ import numpy as np
 from anybind.errors import StoreError
 
 from . import ann, gpu
-from .files import RECOVER_HINT
 from .manifest import PartitionRecord
-from .moments import Moments
-from .segment import Segment, verified
+from .moments import Moments, read_moments
+from .segment import Segment
 
 EXACT_FILTER_MAX = 50_000  # a filter that leaves at most this many items of a sealed segment is searched exactly
 SCAN_BLOCK = 32_768  # rows scored at once when many queries scan a segment
@@ -165,13 +164,7 @@ class PartitionView:
             raise StoreError(f"{self.folder}: segments hold {live} live rows, the manifest counts {record.count}")
         self.moments = Moments.empty(dim)
         if record.moments is not None:
-            path = verified(self.folder / record.moments.name, record.moments)
-            try:
-                self.moments = Moments.from_bytes(path.read_bytes())
-            except Exception as exc:  # safetensors raises its own error types
-                raise StoreError(f"{path}: cannot read the partition's moments ({exc}); {RECOVER_HINT}") from None
-            if self.moments.count != record.count or self.moments.total.shape != (dim,):
-                raise StoreError(f"{path}: moments of {self.moments.count} items, the manifest counts {record.count}")
+            self.moments = read_moments(self.folder, record.moments, dim, record.count)
 
     @property
     def count(self) -> int:

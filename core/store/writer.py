@@ -50,7 +50,7 @@ from .manifest import (
     write_manifest,
 )
 from .metadata import MetaDB, NewItem
-from .moments import Moments
+from .moments import Moments, read_moments
 from .segment import build_index, load_array, verified, with_deleted, write_segment
 
 DEFAULT_LOCK_TIMEOUT = 60.0
@@ -430,11 +430,7 @@ class Writer:
             del self._moments_cache[other]
         if cached is not None:
             return cached.copy()
-        path = verified(folder / record.moments.name, record.moments)
-        try:
-            return Moments.from_bytes(path.read_bytes())
-        except Exception as exc:
-            raise StoreError(f"{path}: cannot read the partition's moments ({exc})") from None
+        return read_moments(folder, record.moments, dim, record.count)
 
     @staticmethod
     def _trained(folder: Path, segments: Sequence[SegmentRecord], factory: str) -> object | None:
