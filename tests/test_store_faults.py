@@ -25,6 +25,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -250,6 +251,16 @@ def baseline(template: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return before, expected_after(before, the_items())
 
 
+@contextlib.contextmanager
+def faulty_copy(template: Path, path: Path) -> Iterator[tuple[anybind.Store, Faults]]:
+    """A copy of the template store, opened with fault injection installed (no fault armed yet)."""
+    shutil.copytree(template, path)
+    faults = Faults(path)
+    with pytest.MonkeyPatch.context() as patch, anybind.Store.open(path, device="cpu") as store:
+        faults.install(patch)
+        yield store, faults
+
+
 def fault_case(path: Path, template: Path, dry_run: tuple, baseline: tuple, n: int, error: int, persistent: bool):
     """Fail the ``n``-th write-side call of the commit (once, or until cleared) and check what it leaves."""
     calls, _ = dry_run
@@ -257,10 +268,7 @@ def fault_case(path: Path, template: Path, dry_run: tuple, baseline: tuple, n: i
     before, wanted = baseline
     kind, target = calls[n]
     where = f"{'persistent' if persistent else 'one'} {os.strerror(error)} at call {n} ({kind} {target})"
-    shutil.copytree(template, path)
-    faults = Faults(path)
-    with pytest.MonkeyPatch.context() as patch, anybind.Store.open(path, device="cpu") as store:
-        faults.install(patch)
+    with faulty_copy(template, path) as (store, faults):
         with store.writer.locked():
             faults.calls.clear()
             faults.fail_at, faults.persistent, faults.error = n, persistent, error
@@ -326,15 +334,11 @@ def test_a_directory_fsync_error_before_the_commit_point_is_not_swallowed(tmp_pa
     before = state(template)
     for n in syncs:
         path = tmp_path / f"db{n}"
-        shutil.copytree(template, path)
-        faults = Faults(path)
-        with pytest.MonkeyPatch.context() as patch, anybind.Store.open(path, device="cpu") as store:
-            faults.install(patch)
-            with store.writer.locked():
-                faults.calls.clear()
-                faults.fail_at = n
-                with pytest.raises(StoreError, match="Input/output error"):
-                    store.writer.commit(the_items(), upsert=True)
+        with faulty_copy(template, path) as (store, faults), store.writer.locked():
+            faults.calls.clear()
+            faults.fail_at = n
+            with pytest.raises(StoreError, match="Input/output error"):
+                store.writer.commit(the_items(), upsert=True)
         same_state(state(path), before)
 
 
