@@ -258,6 +258,16 @@ def process_reports(procs: list[subprocess.Popen]) -> list[dict]:
     return reports
 
 
+def check_readers(readers: list, procs: list, written: dict) -> None:
+    """Join the reader threads, then check every thread's and process's results against what was written."""
+    for reader in readers:
+        reader.join(timeout=120)
+        assert not reader.is_alive()
+    reports = [thread_report(r) for r in readers] + process_reports(procs)
+    check_reports(written, reports)
+    assert len({tag.split(":")[0] for r in reports for tag in r["seen"]}) > 3, "the readers saw too few generations"
+
+
 def test_searches_during_a_writer_thread_see_one_generation(db, tmp_path):
     stop_file = tmp_path / "stop"
     procs = start_reader_processes(db, stop_file, 1)
@@ -271,12 +281,7 @@ def test_searches_during_a_writer_thread_see_one_generation(db, tmp_path):
     finally:
         stop.set()
         stop_file.touch()
-    for reader in readers:
-        reader.join(timeout=120)
-        assert not reader.is_alive()
-    reports = [thread_report(r) for r in readers] + process_reports(procs)
-    check_reports(written, reports)
-    assert len({tag.split(":")[0] for r in reports for tag in r["seen"]}) > 3, "the readers saw too few generations"
+    check_readers(readers, procs, written)
 
 
 def test_searches_during_a_writer_process_see_one_generation(db, tmp_path):
@@ -297,9 +302,4 @@ def test_searches_during_a_writer_process_see_one_generation(db, tmp_path):
         stop_file.touch()
     written = {int(g): ids for g, ids in json.loads(out.strip().splitlines()[-1]).items()}
     assert sorted(written) == list(range(COMMITS + 1))
-    for reader in readers:
-        reader.join(timeout=120)
-        assert not reader.is_alive()
-    reports = [thread_report(r) for r in readers] + process_reports(procs)
-    check_reports(written, reports)
-    assert len({tag.split(":")[0] for r in reports for tag in r["seen"]}) > 3, "the readers saw too few generations"
+    check_readers(readers, procs, written)
